@@ -1,0 +1,135 @@
+"""Where the routed experts of a MoE family live, as data, and how to find them in a model."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+
+ADAPTERS: Registry[MoEAdapter] = Registry(
+    "model family",
+    hint="To add a family, write one small file hf_moe_prune/adapters/<model_type>.py (see docs/adding_a_family.md).",
+)
+
+
+@dataclass(frozen=True)
+class MoEAdapter:
+    """Where one MoE family keeps its router and routed experts, and which config keys describe them.
+
+    Every tensor of the experts module has the expert dimension first (fused `[E, ...]` tensors in transformers 5),
+    so reshaping needs no per-family code; the router tensors listed in `router_tensors` are sliced on dim 0 too.
+
+    Args:
+        model_type (`str`): The transformers `model_type`.
+        block_class (`str`): Class name of the sparse MoE block (the module holding router and experts).
+        router (`str`): Attribute of the block holding the router.
+        experts (`str`): Attribute of the block holding the fused routed experts.
+        count_keys (`tuple[str]`): Config keys for the routed-expert count; all are written, so that checkpoints load in
+            every transformers version that used one of them.
+        top_k_key (`str`): Config key for the number of experts per token.
+        router_tensors (`tuple[str]`): Router parameters/buffers with an expert dimension 0 (sliced when present).
+        always_renormalize (`bool`): The router renormalizes the top-k gates whatever `norm_topk_prob` says (Mixtral).
+        shared (`tuple[str]`): Block attributes that are shared (always-on) experts, never pruned.
+    """
+
+    model_type: str
+    block_class: str
+    router: str = "gate"
+    experts: str = "experts"
+    count_keys: tuple[str, ...] = ("num_experts",)
+    top_k_key: str = "num_experts_per_tok"
+    router_tensors: tuple[str, ...] = ("weight", "bias", "e_score_correction_bias")
+    always_renormalize: bool = False
+    shared: tuple[str, ...] = ()
+
+    def route(self, router: nn.Module, logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax top-k routing as the family's router runs it: returns `(gates, indices)` of shape `[T, top_k]`.
+
+        Used to route with some experts masked out (their logits at -inf before the softmax), which is what slicing
+        the experts away must reproduce.
+        """
+        probs = torch.softmax(logits.float(), dim=-1)
+        gates, indices = torch.topk(probs, top_k, dim=-1)
+        if self.always_renormalize or getattr(router, "norm_topk_prob", False):
+            gates = gates / gates.sum(dim=-1, keepdim=True)
+        return gates.to(logits.dtype), indices
+
+
+@dataclass
+class MoEBlock:
+    """One routed MoE layer of a model: its module path, decoder-layer index, router and experts."""
+
+    name: str
+    layer_idx: int
+    module: nn.Module
+    adapter: MoEAdapter
+
+    @property
+    def router(self) -> nn.Module:
+        return getattr(self.module, self.adapter.router)
+
+    @property
+    def experts(self) -> nn.Module:
+        return getattr(self.module, self.adapter.experts)
+
+    @property
+    def num_experts(self) -> int:
+        # Read from the tensor, not the config: the config is shared by all layers and may hold another count.
+        return int(self.router.weight.shape[0])
+
+    @property
+    def top_k(self) -> int:
+        return int(self.router.top_k)
+
+
+def text_config(config):
+    """The decoder config of a model (the config itself, or `text_config` of a multimodal one)."""
+    return getattr(config, "text_config", None) or config
+
+
+def get_adapter(model: nn.Module) -> MoEAdapter:
+    """Return the adapter for `model`'s family, or raise a `ValueError` that names the family and the fix."""
+    config = getattr(model, "config", None)
+    model_type = getattr(text_config(config), "model_type", None) if config is not None else None
+    if model_type in ADAPTERS:
+        return ADAPTERS.get(model_type)
+    looks_moe = any(hasattr(m, "experts") and (hasattr(m, "gate") or hasattr(m, "router")) for m in model.modules())
+    if not looks_moe:
+        raise ValueError(
+            f"{type(model).__name__} (model_type={model_type!r}) has no MoE layers: hf_moe_prune prunes routed experts "
+            f"of Mixture-of-Experts models. Supported families: {', '.join(ADAPTERS.names())}."
+        )
+    raise ValueError(
+        f"Model family {model_type!r} ({type(model).__name__}) looks like a MoE model but is not supported yet. "
+        f"Supported families: {', '.join(ADAPTERS.names())}. {ADAPTERS.hint}"
+    )
+
+
+_LAYER_RE = re.compile(r"\.(\d+)(?:\.|$)")
+
+
+def find_blocks(model: nn.Module, adapter: MoEAdapter | None = None) -> list[MoEBlock]:
+    """List the routed MoE blocks of `model` in module order.
+
+    Raises:
+        `ValueError`: the family is unsupported or the model has no MoE layer.
+    """
+    adapter = adapter or get_adapter(model)
+    blocks = []
+    for name, module in model.named_modules():
+        if type(module).__name__ == adapter.block_class:
+            match = _LAYER_RE.search("." + name)
+            blocks.append(MoEBlock(name, int(match.group(1)) if match else len(blocks), module, adapter))
+    if not blocks:
+        raise ValueError(
+            f"{type(model).__name__} has no MoE layers ({adapter.block_class} not found): every layer is dense, so "
+            "there are no routed experts to prune. Check `mlp_only_layers`/`decoder_sparse_step` in its config."
+        )
+    return blocks

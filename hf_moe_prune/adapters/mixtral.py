@@ -1,0 +1,10 @@
+"""Mixtral: softmax top-k router `gate` that always renormalizes over the selected experts."""
+
+from .base import ADAPTERS, MoEAdapter
+
+ADAPTERS.add(
+    "mixtral",
+    MoEAdapter(
+        "mixtral", "MixtralSparseMoeBlock", count_keys=("num_local_experts", "num_experts"), always_renormalize=True
+    ),
+)

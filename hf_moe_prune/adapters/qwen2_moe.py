@@ -1,0 +1,8 @@
+"""Qwen1.5/Qwen2-MoE: softmax top-k router `gate` (no renormalization by default) plus a sigmoid-gated shared expert."""
+
+from .base import ADAPTERS, MoEAdapter
+
+ADAPTERS.add(
+    "qwen2_moe",
+    MoEAdapter("qwen2_moe", "Qwen2MoeSparseMoeBlock", shared=("shared_expert", "shared_expert_gate")),
+)

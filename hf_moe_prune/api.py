@@ -1,0 +1,161 @@
+"""`prune(model, config)`: the one verb. Observe → score → allocate → compensate → reshape, on a model in memory."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .adapters import MoEBlock, find_blocks, get_adapter, text_config
+from .allocation import keep_counts, select_experts
+from .calibration import LayerStats, calibration_rows, collect_stats, describe
+from .compensation import COMPENSATIONS
+from .config import MoEPruneConfig
+from .methods import METHODS, ScoringMethod
+from .plan import BlockPlan, PrunePlan
+from .reshape import set_expert_count, slice_block
+
+
+@dataclass
+class PruneJob:
+    """Everything checked and prepared before calibration: blocks, keep counts, method, calibration rows."""
+
+    config: MoEPruneConfig
+    blocks: list[MoEBlock]
+    counts: dict[str, int]
+    method: ScoringMethod
+    rows: torch.Tensor | None
+
+
+def _as_config(config: MoEPruneConfig | dict[str, Any]) -> MoEPruneConfig:
+    if isinstance(config, MoEPruneConfig):
+        return config
+    if isinstance(config, dict):
+        return MoEPruneConfig(**config)
+    raise TypeError(f"config must be a MoEPruneConfig or a dict, got {type(config).__name__}")
+
+
+def default_tokenizer(model: torch.nn.Module):
+    """The tokenizer saved beside the model's checkpoint, if the model came from a path or Hub id that has one."""
+    path = getattr(getattr(model, "config", None), "name_or_path", None)
+    if not path:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+
+
+def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = None) -> PruneJob:
+    """Validate everything that can fail before calibration and tokenize the calibration data.
+
+    Works on a meta-device skeleton too (shapes are all it reads), so the quantizer runs it before weights load.
+    """
+    blocks = find_blocks(model, get_adapter(model))
+    counts = keep_counts(blocks, config)
+    method = METHODS.get(config.method)
+    rows = None
+    if method.needs_calibration:
+        if not isinstance(config.calibration, torch.Tensor):
+            tokenizer = tokenizer or config.tokenizer or default_tokenizer(model)
+        rows = calibration_rows(config.calibration, tokenizer, config.num_samples, config.seq_len)
+    return PruneJob(config, blocks, counts, method, rows)
+
+
+def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePlan:
+    """Calibrate, score, allocate, compensate and reshape `model` in place; return the plan."""
+    config, method = job.config, job.method
+    start = time.perf_counter()
+    if job.rows is not None:
+        stats = collect_stats(model, job.blocks, method.requires, job.rows, config.batch_size, progress=progress)
+    else:
+        stats = {b.name: LayerStats(b.num_experts) for b in job.blocks}
+    seconds = time.perf_counter() - start
+    generator = torch.Generator().manual_seed(config.seed)
+    plan_blocks = []
+    for block in job.blocks:
+        scores = method.score(stats[block.name], generator, **config.method_kwargs).double().cpu()
+        if scores.shape != (block.num_experts,):
+            raise RuntimeError(f"method {method.name!r} returned scores of shape {tuple(scores.shape)} for {block.name}")
+        kept = select_experts(scores, job.counts[block.name])
+        plan_blocks.append(BlockPlan(block.name, block.layer_idx, block.num_experts, kept, scores.tolist()))
+    calibration = {"source": describe(config.calibration)}
+    if job.rows is not None:
+        calibration.update(rows=int(job.rows.shape[0]), seq_len=int(job.rows.shape[1]), tokens=int(job.rows.numel()))
+    plan = PrunePlan(
+        method=method.name,
+        model_type=text_config(model.config).model_type,
+        blocks=plan_blocks,
+        ratio=config.ratio,
+        base_model=getattr(model.config, "name_or_path", None) or None,
+        calibration=calibration,
+        config=config.to_dict(),
+        versions=_versions(),
+        stats_seconds=round(seconds, 3),
+    )
+    before = sum(p.numel() for p in model.parameters())
+    apply_plan(model, plan, stats=stats, compensation=config.compensation)
+    plan.parameters = {"before": before, "after": sum(p.numel() for p in model.parameters())}
+    return plan
+
+
+def prune(
+    model: torch.nn.Module, config: MoEPruneConfig | dict[str, Any], tokenizer: Any = None, progress: bool = True
+) -> PrunePlan:
+    """Prune the routed experts of `model` in place, as `config` says, and return the plan.
+
+    Args:
+        model (`PreTrainedModel`): A transformers MoE model of a supported family, with its weights loaded.
+        config (`MoEPruneConfig` or `dict`): What to prune and how.
+        tokenizer (*optional*): Tokenizer for text calibration data. Defaults to `config.tokenizer`, then to the
+            tokenizer saved with the model; not needed when `config.calibration` is a tensor of token ids.
+        progress (`bool`, *optional*, defaults to `True`): Show progress bars.
+
+    Returns:
+        `PrunePlan`: the kept experts of every MoE layer, their scores, and how they were chosen. The model is now
+        compact; `model.save_pretrained(path)` writes it with the plan and metadata.
+
+    Example:
+        ```python
+        >>> plan = hf_moe_prune.prune(model, MoEPruneConfig(method="reap", ratio=0.5, calibration=texts), tokenizer=tok)
+        ```
+    """
+    config = _as_config(config)
+    return run(model, prepare(model, config, tokenizer), progress=progress)
+
+
+def apply_plan(
+    model: torch.nn.Module, plan: PrunePlan, stats: dict[str, LayerStats] | None = None, compensation: str = "none"
+) -> torch.nn.Module:
+    """Reshape `model` to the experts `plan` keeps (no calibration needed), patch its config and remember the plan."""
+    from .saving import attach_plan
+
+    blocks = {b.name: b for b in find_blocks(model)}
+    compensate = COMPENSATIONS.get(compensation)
+    for block_plan in plan.blocks:
+        if block_plan.name not in blocks:
+            raise ValueError(f"The plan names MoE block {block_plan.name!r}, which this model does not have.")
+        block = blocks[block_plan.name]
+        if block.num_experts != block_plan.num_experts:
+            raise ValueError(
+                f"{block.name} has {block.num_experts} experts but the plan was made for {block_plan.num_experts}."
+            )
+        compensate(block, block_plan.kept, None if stats is None else stats.get(block.name))
+        slice_block(block, block_plan.kept)
+    counts = {b.num_kept for b in plan.blocks}
+    adapter = get_adapter(model)
+    set_expert_count(model, adapter, max(counts))
+    attach_plan(model, plan)
+    return model
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    from . import __version__
+
+    return {"hf_moe_prune": __version__, "transformers": transformers.__version__, "torch": torch.__version__}

@@ -1,0 +1,89 @@
+"""Observers: hooks on a block's experts module that record the routing the model really runs.
+
+The experts module of every transformers 5 MoE family is called as `experts(hidden, top_k_index, top_k_weights)`, after
+the family's own router chose the experts and their gates (softmax or sigmoid, renormalized or not, with bias or
+groups). Observing its inputs therefore gives the real selection and gate values, whatever the family.
+
+Output norms ||f_j(x)|| need each routed expert's output before gating, which the fused forward sums away. For those the
+observer calls the model's own experts forward once on the routed (token, slot) rows with unit gates, which evaluates
+exactly the same k expert rows per token as the normal forward, records the norms, and returns the gated sum.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..adapters import MoEBlock
+from ..methods import OUTPUT_STATISTICS
+from .stats import LayerStats
+
+
+class ExpertObserver:
+    """Collects `names` statistics for one block while attached; always detach (the runner does, in `finally`)."""
+
+    def __init__(self, block: MoEBlock, names: frozenset[str]):
+        self.block = block
+        self.names = frozenset(names)
+        self.stats = LayerStats(block.num_experts, self.names)
+        self._handle = None
+        self._patched = False
+
+    @property
+    def needs_outputs(self) -> bool:
+        return bool(self.names & OUTPUT_STATISTICS)
+
+    def attach(self) -> None:
+        experts = self.block.experts
+        if self.needs_outputs:
+            original = type(experts).forward.__get__(experts)
+
+            def forward(hidden_states, top_k_index, top_k_weights, *args, **kwargs):
+                return self._forward_per_slot(original, hidden_states, top_k_index, top_k_weights, *args, **kwargs)
+
+            experts.forward = forward  # instance attribute shadows the class forward until detach()
+            self._patched = True
+        else:
+            self._handle = experts.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        if self._patched:
+            del self.block.experts.forward
+            self._patched = False
+
+    def _pre_hook(self, module, args, kwargs):
+        top_k_index = args[1] if len(args) > 1 else kwargs["top_k_index"]
+        top_k_weights = args[2] if len(args) > 2 else kwargs["top_k_weights"]
+        self._record(top_k_index, top_k_weights, None)
+
+    def _forward_per_slot(self, original, hidden_states, top_k_index, top_k_weights, *args, **kwargs):
+        tokens, k = top_k_index.shape
+        rows = hidden_states.repeat_interleave(k, dim=0)
+        unit = torch.ones(tokens * k, 1, dtype=top_k_weights.dtype, device=top_k_weights.device)
+        outputs = original(rows, top_k_index.reshape(-1, 1), unit, *args, **kwargs)  # [tokens*k, H], f_j(x) per slot
+        self._record(top_k_index, top_k_weights, outputs)
+        gated = outputs.view(tokens, k, -1) * top_k_weights.unsqueeze(-1).to(outputs.dtype)
+        return gated.sum(dim=1)
+
+    @torch.no_grad()
+    def _record(self, top_k_index, top_k_weights, outputs) -> None:
+        index = top_k_index.reshape(-1)
+        gates = top_k_weights.reshape(-1).float()
+        valid = index < self.stats.num_experts  # expert-parallel sentinels point past the last local expert
+        if not bool(valid.all()):
+            index, gates = index[valid], gates[valid]
+            outputs = outputs[valid] if outputs is not None else None
+        stats = self.stats
+        if "count" in self.names:
+            stats.add_("count", index, torch.ones_like(gates))
+        if "gate_sum" in self.names:
+            stats.add_("gate_sum", index, gates)
+        if outputs is not None:
+            norms = outputs.float().norm(dim=-1)
+            if "norm_sum" in self.names:
+                stats.add_("norm_sum", index, norms)
+            if "gate_norm_sum" in self.names:
+                stats.add_("gate_norm_sum", index, gates * norms)
+        stats.tokens += top_k_index.shape[0]

@@ -1,0 +1,51 @@
+"""`LayerStats`: sum-reducible statistics of one MoE block, so batches, devices and processes add up."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+class LayerStats:
+    """Named `[E]` float64 sums over the routed (token, expert) pairs of one MoE block, plus the token count.
+
+    Args:
+        num_experts (`int`): Number of routed experts of the block.
+        names (`Iterable[str]`): Statistics to hold (see `hf_moe_prune.methods.STATISTICS`).
+    """
+
+    def __init__(self, num_experts: int, names: Iterable[str] = ()):
+        self.num_experts = num_experts
+        self.tensors: dict[str, torch.Tensor] = {n: torch.zeros(num_experts, dtype=torch.float64) for n in names}
+        self.tokens = 0
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.tensors:
+            raise KeyError(f"statistic {name!r} was not collected; collected: {sorted(self.tensors)}")
+        return self.tensors[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def add_(self, name: str, index: torch.Tensor, values: torch.Tensor) -> None:
+        """`stats[name][index[i]] += values[i]`, on the device of the values (moved to it on first use)."""
+        current = self.tensors[name]
+        if current.device != values.device:
+            current = self.tensors[name] = current.to(values.device)
+        current.index_add_(0, index, values.to(torch.float64))
+
+    def merge_(self, other: LayerStats) -> LayerStats:
+        """Add another block's sums (from another batch, device or process) into this one."""
+        for name, value in other.tensors.items():
+            mine = self.tensors.setdefault(name, torch.zeros_like(value))
+            self.tensors[name] = mine.to(value.device) + value
+        self.tokens += other.tokens
+        return self
+
+    def cpu(self) -> LayerStats:
+        self.tensors = {k: v.cpu() for k, v in self.tensors.items()}
+        return self
+
+    def to_dict(self) -> dict:
+        return {"num_experts": self.num_experts, "tokens": self.tokens, **{k: v.tolist() for k, v in self.tensors.items()}}

@@ -1,0 +1,158 @@
+"""`MoEPruneConfig`: what to prune and how, usable as a transformers quantization config."""
+
+from __future__ import annotations
+
+import copy
+import numbers
+from typing import Any
+
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+QUANT_METHOD = "moe_prune"
+
+# Runtime-only fields: data and objects that must not be deep-copied by from_pretrained nor written to config.json.
+_RUNTIME_FIELDS = ("calibration", "tokenizer")
+
+
+class MoEPruneConfig(QuantizationConfigMixin):
+    """Configuration of a one-shot expert pruning run.
+
+    Pass it to `hf_moe_prune.prune(model, config)`, or to `from_pretrained(..., pruning_config=config)` (equivalently
+    `quantization_config=config`) to prune while loading.
+
+    Args:
+        method (`str`, *optional*, defaults to `"reap"`):
+            Expert scoring method: one of `hf_moe_prune.METHODS` (`frequency`, `soft_count`, `ean`, `reap`, `random`, ...).
+        ratio (`float`, *optional*):
+            Fraction of the routed experts to remove, in (0, 1). `ratio=0.5` keeps half of the experts of every layer.
+        num_experts_to_keep (`int`, *optional*):
+            Number of routed experts each layer keeps (instead of `ratio`).
+        allocation (`str`, `list[int]` or `dict[int, int]`, *optional*, defaults to `"uniform"`):
+            How many experts each MoE layer keeps: `"uniform"` (the same in every layer), or explicit per-layer keep
+            counts, as a list in MoE-layer order or a dict `{decoder_layer_index: count}`.
+        compensation (`str`, *optional*, defaults to `"none"`):
+            Adjustment of the kept experts after pruning (`"none"`).
+        calibration (*optional*):
+            Calibration data: a list of strings, a `datasets.Dataset` (column `text`), a path to a `.txt`/`.jsonl` file
+            or a folder of them, an iterable of strings, a tensor of token ids (`[rows, seq_len]`, or 1-D to be packed),
+            or a Hub dataset name (needs network). Not written to config.json.
+        num_samples (`int`, *optional*, defaults to 128): Number of packed calibration rows of `seq_len` tokens.
+        seq_len (`int`, *optional*, defaults to 512): Tokens per calibration row.
+        batch_size (`int`, *optional*, defaults to 8): Rows per forward pass.
+        seed (`int`, *optional*, defaults to 0): Seed for row sampling and for the `random` method.
+        ignore (`list[str | int]`, *optional*):
+            MoE layers left alone: decoder-layer indices, or glob patterns on the block's module name
+            (e.g. `"model.layers.0.*"`).
+        method_kwargs (`dict`, *optional*): Extra options for the scoring method.
+        tokenizer (*optional*): Tokenizer for text calibration data; by default loaded from the model's path.
+    """
+
+    def __init__(
+        self,
+        method: str = "reap",
+        ratio: float | None = None,
+        num_experts_to_keep: int | None = None,
+        allocation: str | list[int] | dict[int, int] = "uniform",
+        compensation: str = "none",
+        calibration: Any = None,
+        num_samples: int = 128,
+        seq_len: int = 512,
+        batch_size: int = 8,
+        seed: int = 0,
+        ignore: list[str | int] | None = None,
+        method_kwargs: dict[str, Any] | None = None,
+        tokenizer: Any = None,
+        experts_per_layer: dict[str, int] | None = None,
+        **kwargs,
+    ):
+        self.quant_method = QUANT_METHOD
+        self.method = method
+        self.ratio = ratio
+        self.num_experts_to_keep = num_experts_to_keep
+        self.allocation = allocation
+        self.compensation = compensation
+        self.calibration = calibration
+        self.num_samples = num_samples
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.seed = seed
+        self.ignore = list(ignore or [])
+        self.method_kwargs = dict(method_kwargs or {})
+        self.tokenizer = tokenizer
+        # Per-block expert counts of a pruned checkpoint; set when a non-uniform result is saved, read on reload.
+        self.experts_per_layer = experts_per_layer
+        kwargs.pop("quant_method", None)
+        for key, value in kwargs.items():  # keys written by newer versions of the library stay readable
+            setattr(self, key, value)
+        self.post_init()
+
+    @property
+    def is_pruned_checkpoint(self) -> bool:
+        """True when this config describes an already pruned checkpoint (reload), not a pruning to run."""
+        return self.experts_per_layer is not None
+
+    def post_init(self) -> None:
+        """Check every field and raise a `ValueError` that names the problem and the fix."""
+        from .compensation import COMPENSATIONS
+        from .methods import METHODS
+
+        METHODS.get(self.method)  # raises with the list of methods
+        COMPENSATIONS.get(self.compensation)
+        explicit = not isinstance(self.allocation, str)
+        if isinstance(self.allocation, str) and self.allocation != "uniform":
+            raise ValueError(
+                f"allocation={self.allocation!r} is not supported; use 'uniform' or explicit per-layer keep counts "
+                "(a list in MoE-layer order or a dict {layer_index: count})."
+            )
+        if explicit:
+            counts = self.allocation.values() if isinstance(self.allocation, dict) else self.allocation
+            if not all(isinstance(c, numbers.Integral) and c >= 1 for c in counts):
+                raise ValueError(f"allocation counts must be positive integers, got {self.allocation!r}.")
+        if self.ratio is not None:
+            if isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real) or not 0 < self.ratio < 1:
+                raise ValueError(
+                    f"ratio must be a number in (0, 1): the fraction of routed experts to remove; got {self.ratio!r}. "
+                    "For example ratio=0.5 removes half of the experts."
+                )
+        if self.num_experts_to_keep is not None and (
+            not isinstance(self.num_experts_to_keep, numbers.Integral) or self.num_experts_to_keep < 1
+        ):
+            raise ValueError(f"num_experts_to_keep must be a positive integer, got {self.num_experts_to_keep!r}.")
+        budgets = sum([self.ratio is not None, self.num_experts_to_keep is not None, explicit])
+        if budgets > 1:
+            raise ValueError("Give only one of `ratio`, `num_experts_to_keep` or per-layer counts in `allocation`.")
+        if budgets == 0 and not self.is_pruned_checkpoint:
+            raise ValueError(
+                "Say how much to prune: `ratio=0.5` (fraction of experts removed), `num_experts_to_keep=N`, or "
+                "per-layer counts in `allocation`."
+            )
+        for name in ("num_samples", "seq_len", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not all(isinstance(p, (str, int)) for p in self.ignore):
+            raise ValueError(f"ignore must list layer indices or module-name patterns, got {self.ignore!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serializable fields (calibration data and tokenizer are runtime-only and left out)."""
+        out = {k: copy.deepcopy(v) for k, v in self.__dict__.items() if k not in _RUNTIME_FIELDS}
+        if isinstance(out.get("allocation"), dict):  # JSON keys are strings; keep them readable back as ints
+            out["allocation"] = {str(k): v for k, v in out["allocation"].items()}
+        return out
+
+    def __iter__(self):
+        yield from self.to_dict().items()
+
+    def __deepcopy__(self, memo: dict) -> MoEPruneConfig:
+        # from_pretrained deep-copies its kwargs several times: share the calibration data (a generator or a large
+        # Dataset must be neither copied nor exhausted) and copy the rest.
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = value if key in _RUNTIME_FIELDS else copy.deepcopy(value, memo)
+        return new
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MoEPruneConfig) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # mutable

@@ -1,0 +1,147 @@
+"""transformers integration: `MoEPruneConfig` as a quantization method, and `from_pretrained(..., pruning_config=)`.
+
+The quantizer only calls the library: before weights load it checks the request on the meta skeleton and tokenizes
+the calibration data (so bad input fails before any weight is read), or, for a non-uniformly pruned checkpoint, shrinks
+the skeleton to the saved per-layer expert counts; after weights load it runs `hf_moe_prune.prune`. Uniformly pruned
+models then drop the quantizer identity so they save as stock checkpoints that plain transformers and vLLM load.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from transformers import PreTrainedModel
+from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
+from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
+
+from .adapters import find_blocks
+from .api import PruneJob, prepare, prune, run
+from .config import QUANT_METHOD, MoEPruneConfig
+from .plan import PLAN_FILE, PrunePlan
+from .reshape import slice_block
+from .saving import attach_plan
+
+logger = logging.getLogger(__name__)
+
+
+class MoEPruneHfQuantizer(HfQuantizer):
+    """Prunes routed experts while `from_pretrained` loads a model, and reloads non-uniformly pruned checkpoints."""
+
+    requires_calibration = False
+
+    def __init__(self, quantization_config: MoEPruneConfig, **kwargs):
+        super().__init__(quantization_config, **kwargs)
+        self._job: PruneJob | None = None
+
+    def _process_model_before_weight_loading(self, model, **kwargs):
+        config = self.quantization_config
+        if self.pre_quantized:
+            if config.is_pruned_checkpoint:
+                _shrink_skeleton(model, config.experts_per_layer)
+        else:
+            self._job = prepare(model, config)
+        return model
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        if self.pre_quantized:
+            plan = _saved_plan(model)
+            if plan is not None:
+                attach_plan(model, plan)
+            return model
+        job, self._job = self._job, None
+        plan = run(model, job)
+        if plan.is_uniform:  # a stock model again: no quantizer, no quantization_config, nothing "quantized"
+            self.remove_quantization_config(model)
+            for module in model.modules():
+                if isinstance(module, PreTrainedModel):
+                    module.config._is_quantized = False
+        return model
+
+    def is_serializable(self, safe_serialization=None) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return True
+
+    @property
+    def is_qat_trainable(self) -> bool:
+        return True
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+
+def _shrink_skeleton(model, experts_per_layer: dict[str, int]) -> None:
+    blocks = {b.name: b for b in find_blocks(model)}
+    missing = set(experts_per_layer) - set(blocks)
+    if missing:
+        raise ValueError(f"The checkpoint's pruning config names MoE blocks {sorted(missing)} this model lacks.")
+    for name, count in experts_per_layer.items():
+        # Which experts were kept does not matter here: the checkpoint holds exactly `count` of them, renumbered.
+        slice_block(blocks[name], list(range(count)))
+
+
+def _saved_plan(model) -> PrunePlan | None:
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(model.config.name_or_path, PLAN_FILE, _raise_exceptions_for_missing_entries=False)
+    except (OSError, ValueError):
+        return None
+    return PrunePlan.load(path) if path else None
+
+
+def _is_pruned_checkpoint(path, kwargs) -> bool:
+    from transformers import PretrainedConfig
+
+    keys = ("cache_dir", "revision", "token", "local_files_only", "subfolder")
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(path, **{k: kwargs[k] for k in keys if k in kwargs})
+    except Exception:  # not resolvable here: let from_pretrained report it in its own words
+        return False
+    quant = config_dict.get("quantization_config") or config_dict.get("text_config", {}).get("quantization_config")
+    return isinstance(quant, dict) and quant.get("quant_method") == QUANT_METHOD
+
+
+def _install_from_pretrained() -> None:
+    original = PreTrainedModel.__dict__["from_pretrained"].__func__
+    if getattr(original, "_hf_moe_prune", False):
+        return
+
+    @functools.wraps(original)
+    def from_pretrained(cls, *args, pruning_config: MoEPruneConfig | dict | None = None, **kwargs):
+        # `pruning_config=` is `quantization_config=` under the name users look for; every Auto* class ends up here.
+        if pruning_config is not None:
+            if kwargs.get("quantization_config") is not None:
+                raise ValueError(
+                    "Pass either pruning_config= or quantization_config=, not both: pruning uses the quantization slot."
+                )
+            kwargs["quantization_config"] = (
+                pruning_config if isinstance(pruning_config, MoEPruneConfig) else MoEPruneConfig(**pruning_config)
+            )
+        request = kwargs.get("quantization_config")
+        if isinstance(request, MoEPruneConfig) and args and _is_pruned_checkpoint(args[0], kwargs):
+            # transformers would keep the checkpoint's own pruning config and silently ignore the new request:
+            # load the pruned model as it is, then prune it further.
+            kwargs.pop("quantization_config")
+            model = original(cls, *args, **kwargs)
+            prune(model, request)
+            return model
+        return original(cls, *args, **kwargs)
+
+    from_pretrained._hf_moe_prune = True
+    PreTrainedModel.from_pretrained = classmethod(from_pretrained)
+
+
+def register() -> None:
+    """Register the `moe_prune` quantization method with transformers and accept `pruning_config=` (idempotent)."""
+    if AUTO_QUANTIZATION_CONFIG_MAPPING.get(QUANT_METHOD) is not MoEPruneConfig:
+        AUTO_QUANTIZATION_CONFIG_MAPPING.pop(QUANT_METHOD, None)  # a re-import (e.g. importlib.reload) re-registers
+        register_quantization_config(QUANT_METHOD)(MoEPruneConfig)
+    if AUTO_QUANTIZER_MAPPING.get(QUANT_METHOD) is not MoEPruneHfQuantizer:
+        AUTO_QUANTIZER_MAPPING.pop(QUANT_METHOD, None)
+        register_quantizer(QUANT_METHOD)(MoEPruneHfQuantizer)
+    _install_from_pretrained()

@@ -1,0 +1,62 @@
+"""What a scoring method is: the statistics it needs and a pure function from them to one score per expert."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..registry import Registry
+
+# Statistics the calibration engine can collect per MoE block, all sums over routed (token, expert) pairs, so that
+# batches, devices and processes add up:
+#   count          number of tokens routed to the expert
+#   gate_sum       sum of the gate values the model applied
+#   norm_sum       sum of ||f_j(x)||_2, the expert output before gating
+#   gate_norm_sum  sum of g_j(x) * ||f_j(x)||_2
+STATISTICS = ("count", "gate_sum", "norm_sum", "gate_norm_sum")
+OUTPUT_STATISTICS = frozenset({"norm_sum", "gate_norm_sum"})  # need the experts' outputs, not only the routing
+
+
+@dataclass(frozen=True)
+class ScoringMethod:
+    """A registered expert-scoring method.
+
+    Args:
+        name (`str`): Lower-case method name used in `MoEPruneConfig(method=...)`.
+        requires (`frozenset[str]`): Statistics (see `STATISTICS`) the calibration must collect; empty = data-free.
+        score (`Callable`): `score(stats, generator, **method_kwargs) -> Tensor[E]`; higher means more worth keeping.
+        reference (`str`): Where the method comes from.
+    """
+
+    name: str
+    requires: frozenset[str]
+    score: Callable[..., torch.Tensor]
+    reference: str = ""
+
+    @property
+    def needs_calibration(self) -> bool:
+        return bool(self.requires)
+
+
+METHODS: Registry[ScoringMethod] = Registry("pruning method")
+
+
+def register_method(name: str, requires: tuple[str, ...] = (), reference: str = ""):
+    """Decorator registering `score(stats, generator, **kwargs)` as method `name`."""
+
+    unknown = set(requires) - set(STATISTICS)
+    if unknown:
+        raise ValueError(f"method {name!r} requires unknown statistics {sorted(unknown)}; known: {STATISTICS}")
+
+    def decorator(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        METHODS.add(name, ScoringMethod(name, frozenset(requires), fn, reference))
+        return fn
+
+    return decorator
+
+
+def per_routed_token(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Mean over the tokens routed to each expert; 0 for an expert no token reached."""
+    return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))

@@ -1,0 +1,87 @@
+"""Reshape: slice experts out of a model for real, or mask them in the router for what-if comparisons."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from .adapters import MoEAdapter, MoEBlock, text_config
+
+
+def _slice_tensors(module: nn.Module, names: list[str], index: torch.Tensor, num_experts: int) -> None:
+    for name in names:
+        if name in module._parameters and module._parameters[name] is not None:
+            old = module._parameters[name]
+            if old.shape[0] == num_experts:
+                new = old.data.index_select(0, index.to(old.device)).contiguous()
+                module._parameters[name] = nn.Parameter(new, requires_grad=old.requires_grad)
+        elif name in module._buffers and module._buffers[name] is not None:
+            old = module._buffers[name]
+            if old.shape[0] == num_experts:
+                module._buffers[name] = old.index_select(0, index.to(old.device)).contiguous()
+
+
+def slice_block(block: MoEBlock, kept: list[int]) -> None:
+    """Keep only experts `kept` (original indices, in this order) in `block`: every expert tensor of the experts
+    module, the router rows (weight, bias, score-correction bias) and every `num_experts` attribute. Works on meta
+    tensors too (used to shrink a skeleton before a pruned checkpoint loads)."""
+    num_experts = block.num_experts
+    index = torch.as_tensor(kept, dtype=torch.long)
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_experts):
+        raise ValueError(f"{block.name}: kept experts {kept} out of range for {num_experts} experts.")
+    experts, router = block.experts, block.router
+    _slice_tensors(experts, [*experts._parameters, *experts._buffers], index, num_experts)
+    _slice_tensors(router, list(block.adapter.router_tensors), index, num_experts)
+    for module in (block.module, experts, router):
+        if isinstance(getattr(module, "num_experts", None), int):
+            module.num_experts = len(kept)
+
+
+def set_expert_count(model: nn.Module, adapter: MoEAdapter, count: int) -> None:
+    """Write `count` under every expert-count key of the family (so older transformers read it too) and on the model.
+
+    Config aliases (`attribute_map`) would fold two keys into one, so the keys are written to the instance dict
+    directly: config.json then carries all of them.
+    """
+    config = text_config(model.config)
+    for key in adapter.count_keys:
+        setattr(config, key, count)
+        config.__dict__[key] = count
+    for module in model.modules():  # e.g. Qwen2MoeForCausalLM.num_experts, used by the load-balancing loss
+        if isinstance(module, PreTrainedModel) and isinstance(getattr(module, "num_experts", None), int):
+            module.num_experts = count
+
+
+@contextlib.contextmanager
+def mask_experts(blocks: list[MoEBlock], kept: dict[str, list[int]]) -> Iterator[None]:
+    """Within the context, route as if only `kept[block.name]` experts existed: the other experts' logits are set to
+    -inf before the softmax and top-k (masking after the softmax would leave the denominator wrong).
+
+    The masked model is what slicing must reproduce exactly; it is also a cheap way to try a plan.
+    """
+    handles = []
+
+    def make_hook(block: MoEBlock, mask: torch.Tensor):
+        def hook(module, args, output):
+            logits = output[0]
+            masked = logits + mask.to(device=logits.device, dtype=logits.dtype)
+            gates, indices = block.adapter.route(module, masked, block.top_k)
+            return (masked, gates, indices, *output[3:])
+
+        return hook
+
+    try:
+        for block in blocks:
+            if block.name not in kept:
+                continue
+            mask = torch.full((block.num_experts,), float("-inf"))
+            mask[torch.as_tensor(kept[block.name], dtype=torch.long)] = 0.0
+            handles.append(block.router.register_forward_hook(make_hook(block, mask)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,100 @@
+"""Saving a pruned model: compact weights, patched config, plan JSON and model card, written atomically."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from torch import nn
+
+from .config import MoEPruneConfig
+from .plan import PrunePlan
+
+
+def attach_plan(model: nn.Module, plan: PrunePlan) -> None:
+    """Record `plan` on the model and its config, and make `model.save_pretrained` write everything atomically.
+
+    A uniform plan leaves a stock config (the family's expert-count keys already patched) plus a `moe_pruning`
+    metadata block. A non-uniform plan also needs `quantization_config` (`quant_method="moe_prune"` with the per-layer
+    counts) so that the quantizer can shrink the skeleton when the checkpoint is loaded again.
+    """
+    model.moe_pruning_plan = plan
+    config = model.config
+    config.moe_pruning = plan.summary()
+    if plan.is_uniform:
+        if isinstance(getattr(config, "quantization_config", None), MoEPruneConfig):
+            del config.quantization_config
+    else:
+        reload = MoEPruneConfig(**{**plan.config, "experts_per_layer": plan.experts_per_layer})
+        config.quantization_config = reload
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None and isinstance(quantizer.quantization_config, MoEPruneConfig):
+            quantizer.quantization_config = reload
+    if not getattr(model.save_pretrained, "_hf_moe_prune", False):
+        original = model.save_pretrained
+
+        @functools.wraps(original)
+        def save_pretrained(save_directory, *args, overwrite: bool = False, **kwargs):
+            return save_pruned(model, save_directory, *args, overwrite=overwrite, _save=original, **kwargs)
+
+        save_pretrained._hf_moe_prune = True
+        model.save_pretrained = save_pretrained
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} exists and is a file; choose a folder path for the pruned model.")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{target} exists and is not empty; nothing was written. Choose a new folder, or pass overwrite=True "
+            "(the old content is replaced only after the new save has fully succeeded)."
+        )
+
+
+def save_pruned(model: nn.Module, save_directory: str | os.PathLike, *args, overwrite: bool = False, _save=None,
+                **kwargs) -> None:
+    """Save a pruned model into `save_directory` atomically: weights, config, plan JSON and model card.
+
+    Everything is first written into a temporary sibling folder, which then replaces the target in one rename, so an
+    interrupted save never leaves a half-written model behind.
+
+    Args:
+        model (`PreTrainedModel`): A model pruned by `hf_moe_prune.prune` (or loaded with a pruning config).
+        save_directory (`str` or `os.PathLike`): Target folder; must be absent or empty unless `overwrite=True`.
+        overwrite (`bool`, *optional*, defaults to `False`): Replace an existing non-empty folder.
+        kwargs: Passed on to `PreTrainedModel.save_pretrained` (e.g. `max_shard_size`).
+    """
+    from .card import write_model_card
+
+    target = Path(save_directory).absolute()
+    _check_target(target, overwrite)
+    save = _save or type(model).save_pretrained.__get__(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        save(str(tmp), *args, **kwargs)
+        plan = getattr(model, "moe_pruning_plan", None)
+        if plan is not None:
+            plan.save(tmp)
+            write_model_card(tmp, plan, model)
+        _replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    backup = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(target, backup)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(backup, target)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
