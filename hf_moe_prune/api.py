@@ -43,11 +43,16 @@ def default_tokenizer(model: torch.nn.Module):
     if not path:
         return None
     from transformers import AutoTokenizer
+    from transformers.utils import cached_file
 
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError):
-        return None
+    # Without tokenizer files transformers 5 builds an empty tokenizer that encodes everything to nothing.
+    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json"):
+        try:
+            if cached_file(path, name, _raise_exceptions_for_missing_entries=False):
+                return AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError):
+            return None
+    return None
 
 
 def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = None) -> PruneJob:

@@ -30,9 +30,9 @@ def slice_block(block: MoEBlock, kept: list[int]) -> None:
     module, the router rows (weight, bias, score-correction bias) and every `num_experts` attribute. Works on meta
     tensors too (used to shrink a skeleton before a pruned checkpoint loads)."""
     num_experts = block.num_experts
-    index = torch.as_tensor(kept, dtype=torch.long)
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_experts):
-        raise ValueError(f"{block.name}: kept experts {kept} out of range for {num_experts} experts.")
+    if any(not 0 <= k < num_experts for k in kept) or len(set(kept)) != len(kept):
+        raise ValueError(f"{block.name}: kept experts {kept} must be distinct indices below {num_experts}.")
+    index = torch.as_tensor(kept, dtype=torch.long, device="cpu")
     experts, router = block.experts, block.router
     _slice_tensors(experts, [*experts._parameters, *experts._buffers], index, num_experts)
     _slice_tensors(router, list(block.adapter.router_tensors), index, num_experts)

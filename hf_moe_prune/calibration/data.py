@@ -131,4 +131,5 @@ def calibration_rows(source: Any, tokenizer: Any, num_samples: int, seq_len: int
             "add more text or lower `seq_len`."
         )
     rows = min(rows, num_samples)
-    return torch.tensor(stream[: rows * seq_len], dtype=torch.long).view(rows, seq_len)
+    # Explicit CPU: the quantizer prepares the rows inside transformers' meta-device init context.
+    return torch.tensor(stream[: rows * seq_len], dtype=torch.long, device="cpu").view(rows, seq_len)

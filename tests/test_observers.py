@@ -1,0 +1,92 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_moe_prune import find_blocks
+from hf_moe_prune.calibration import ExpertObserver, collect_stats
+from hf_moe_prune.methods import STATISTICS
+from hf_moe_prune.testing import tiny_model
+
+# (token, first expert, second expert): the router below sends each token to exactly these two.
+ROUTES = [(0, 1), (0, 2), (3, 1), (5, 6), (5, 0), (7, 3), (0, 1)]
+
+
+def _fixed_routing_block(norm_topk_prob):
+    model = tiny_model("qwen3_moe", norm_topk_prob=norm_topk_prob)
+    block = find_blocks(model)[0]
+    hidden = block.experts.gate_up_proj.shape[-1]
+    with torch.no_grad():
+        block.router.weight.zero_()
+        block.router.weight[:, :8] = 4.0 * torch.eye(8)  # logit of expert j = 4 * x[j]
+    x = torch.zeros(len(ROUTES), hidden)
+    for t, (a, b) in enumerate(ROUTES):
+        x[t, a], x[t, b] = 2.0, 1.0  # logits 8 and 4 for a and b, 0 elsewhere
+        x[t, 8 + t] = 0.5  # distinct tokens, outside the router's view
+    return block, x
+
+
+def _expert_output(experts, j, x):
+    gate, up = F.linear(x, experts.gate_up_proj[j]).chunk(2, dim=-1)
+    return F.linear(F.silu(gate) * up, experts.down_proj[j])
+
+
+@pytest.mark.parametrize("norm_topk_prob", [True, False])
+@pytest.mark.parametrize("outputs", [True, False])
+def test_statistics_equal_hand_computed_values(norm_topk_prob, outputs):
+    block, x = _fixed_routing_block(norm_topk_prob)
+    names = frozenset(STATISTICS) if outputs else frozenset({"count", "gate_sum"})
+    observer = ExpertObserver(block, names)
+    observer.attach()
+    try:
+        with torch.no_grad():
+            observed_output = block.module(x.unsqueeze(0))
+    finally:
+        observer.detach()
+    with torch.no_grad():
+        plain_output = block.module(x.unsqueeze(0))
+    torch.testing.assert_close(observed_output, plain_output, rtol=1e-5, atol=1e-6)  # observing changes nothing
+
+    expected = {n: torch.zeros(8, dtype=torch.float64) for n in STATISTICS}
+    denominator = 8 - 2  # softmax over logits (8, 4, 0 x 6)
+    p_a, p_b = torch.tensor([8.0, 4.0]).exp() / (torch.tensor([8.0, 4.0]).exp().sum() + denominator)
+    if norm_topk_prob:
+        p_a, p_b = p_a / (p_a + p_b), p_b / (p_a + p_b)
+    with torch.no_grad():
+        for t, (a, b) in enumerate(ROUTES):
+            for j, g in ((a, p_a), (b, p_b)):
+                norm = _expert_output(block.experts, j, x[t]).norm().item()
+                expected["count"][j] += 1
+                expected["gate_sum"][j] += g.item()
+                expected["norm_sum"][j] += norm
+                expected["gate_norm_sum"][j] += g.item() * norm
+    stats = observer.stats
+    assert stats.tokens == len(ROUTES)
+    for name in names:
+        torch.testing.assert_close(stats[name], expected[name], rtol=1e-5, atol=1e-6)
+    assert stats["count"].tolist() == [4, 3, 1, 2, 0, 2, 1, 1]
+
+
+def test_hooks_are_removed_when_a_forward_raises():
+    model = tiny_model("olmoe")
+    blocks = find_blocks(model)
+    bad_rows = torch.full((2, 8), 10_000)  # token ids outside the vocabulary: the embedding raises
+    with pytest.raises(IndexError):
+        collect_stats(model, blocks, frozenset(STATISTICS), bad_rows, batch_size=1, progress=False)
+    with pytest.raises(IndexError):
+        collect_stats(model, blocks, frozenset({"count"}), bad_rows, batch_size=1, progress=False)
+    for block in blocks:
+        assert "forward" not in vars(block.experts)
+        assert not block.experts._forward_pre_hooks and not block.experts._forward_hooks
+
+
+def test_statistics_add_up_over_batches():
+    model = tiny_model("mixtral")
+    blocks = find_blocks(model)
+    rows = torch.randint(1, 300, (4, 16), generator=torch.Generator().manual_seed(0))
+    whole = collect_stats(model, blocks, frozenset(STATISTICS), rows, batch_size=4, progress=False)
+    split = collect_stats(model, blocks, frozenset(STATISTICS), rows, batch_size=1, progress=False)
+    for name in whole:
+        assert whole[name].tokens == split[name].tokens == 64
+        for stat in STATISTICS:
+            torch.testing.assert_close(whole[name][stat], split[name][stat], rtol=1e-5, atol=1e-5)
+        assert whole[name]["count"].sum() == 64 * 2
