@@ -85,7 +85,9 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
     for block in job.blocks:
         scores = method.score(stats[block.name], generator, **config.method_kwargs).double().cpu()
         if scores.shape != (block.num_experts,):
-            raise RuntimeError(f"method {method.name!r} returned scores of shape {tuple(scores.shape)} for {block.name}")
+            raise RuntimeError(
+                f"method {method.name!r} returned scores of shape {tuple(scores.shape)} for {block.name}"
+            )
         kept = select_experts(scores, job.counts[block.name])
         plan_blocks.append(BlockPlan(block.name, block.layer_idx, block.num_experts, kept, scores.tolist()))
     calibration = {"source": describe(config.calibration)}
@@ -126,7 +128,8 @@ def prune(
 
     Example:
         ```python
-        >>> plan = hf_moe_prune.prune(model, MoEPruneConfig(method="reap", ratio=0.5, calibration=texts), tokenizer=tok)
+        >>> config = MoEPruneConfig(method="reap", ratio=0.5, calibration=texts)
+        >>> plan = hf_moe_prune.prune(model, config, tokenizer=tok)
         ```
     """
     config = _as_config(config)

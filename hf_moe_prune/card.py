@@ -46,12 +46,14 @@ def render_model_card(plan: PrunePlan, model=None, quality: str | None = None) -
     calibration = plan.calibration
     calib_text = calibration.get("source", "none")
     if calibration.get("tokens"):
-        calib_text += f", {calibration['rows']} rows × {calibration['seq_len']} tokens ({calibration['tokens']:,} tokens)"
+        calib_text += (
+            f", {calibration['rows']} rows × {calibration['seq_len']} tokens ({calibration['tokens']:,} tokens)"
+        )
     method = METHODS.get(plan.method) if plan.method in METHODS else None
     return ModelCard.from_template(
         data,
         template_path=str(TEMPLATE),
-        model_name=f"{base.split('/')[-1] if base else 'Pruned MoE model'} ({plan.method}, {summary.split(' ')[0]} experts removed)",
+        model_name=f"{base.split('/')[-1] if base else 'Pruned MoE model'} ({plan.method} expert pruning)",
         base_model_line=f"[{base}](https://huggingface.co/{base})" if base else "A MoE language model",
         method=plan.method,
         reference=method.reference if method else "",

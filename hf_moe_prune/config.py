@@ -22,7 +22,8 @@ class MoEPruneConfig(QuantizationConfigMixin):
 
     Args:
         method (`str`, *optional*, defaults to `"reap"`):
-            Expert scoring method: one of `hf_moe_prune.METHODS` (`frequency`, `soft_count`, `ean`, `reap`, `random`, ...).
+            Expert scoring method: one of `hf_moe_prune.METHODS` (`frequency`, `soft_count`, `ean`, `reap`,
+            `random`, ...).
         ratio (`float`, *optional*):
             Fraction of the routed experts to remove, in (0, 1). `ratio=0.5` keeps half of the experts of every layer.
         num_experts_to_keep (`int`, *optional*):
@@ -34,7 +35,7 @@ class MoEPruneConfig(QuantizationConfigMixin):
             Adjustment of the kept experts after pruning (`"none"`).
         calibration (*optional*):
             Calibration data: a list of strings, a `datasets.Dataset` (column `text`), a path to a `.txt`/`.jsonl` file
-            or a folder of them, an iterable of strings, a tensor of token ids (`[rows, seq_len]`, or 1-D to be packed),
+            or a folder of them, an iterable of strings, a tensor of token ids (`[rows, seq_len]`, or 1-D, packed),
             or a Hub dataset name (needs network). Not written to config.json.
         num_samples (`int`, *optional*, defaults to 128): Number of packed calibration rows of `seq_len` tokens.
         seq_len (`int`, *optional*, defaults to 512): Tokens per calibration row.

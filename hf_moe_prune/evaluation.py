@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers.utils.logging import is_progress_bar_enabled
 
 from .calibration import calibration_rows, model_device
 
@@ -57,7 +58,9 @@ def _score_rows(model, rows: torch.Tensor, reference, batch_size: int, progress:
     device = model_device(model)
     nll = kl = agree = 0.0
     count = 0
-    for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", disable=not progress):
+    for start in tqdm(
+        range(0, len(rows), batch_size), desc=desc, unit="batch", disable=not progress or not is_progress_bar_enabled()
+    ):
         batch = rows[start : start + batch_size].to(device)
         logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
         targets = batch[:, 1:]

@@ -117,7 +117,7 @@ def _install_from_pretrained() -> None:
         if pruning_config is not None:
             if kwargs.get("quantization_config") is not None:
                 raise ValueError(
-                    "Pass either pruning_config= or quantization_config=, not both: pruning uses the quantization slot."
+                    "Pass either pruning_config= or quantization_config=, not both: pruning uses that slot."
                 )
             kwargs["quantization_config"] = (
                 pruning_config if isinstance(pruning_config, MoEPruneConfig) else MoEPruneConfig(**pruning_config)

@@ -39,7 +39,8 @@ class Registry(Generic[T]):
         key = str(name).lower()
         if key not in self._items:
             raise ValueError(
-                f"Unknown {self.kind} {name!r}. Supported: {', '.join(self.names())}.{' ' + self.hint if self.hint else ''}"
+                f"Unknown {self.kind} {name!r}. Supported: {', '.join(self.names())}."
+                + (f" {self.hint}" if self.hint else "")
             )
         return self._items[key]
 

@@ -54,8 +54,9 @@ def _check_target(target: Path, overwrite: bool) -> None:
         )
 
 
-def save_pruned(model: nn.Module, save_directory: str | os.PathLike, *args, overwrite: bool = False, _save=None,
-                **kwargs) -> None:
+def save_pruned(
+    model: nn.Module, save_directory: str | os.PathLike, *args, overwrite: bool = False, _save=None, **kwargs
+) -> None:
     """Save a pruned model into `save_directory` atomically: weights, config, plan JSON and model card.
 
     Everything is first written into a temporary sibling folder, which then replaces the target in one rename, so an

@@ -24,7 +24,9 @@ def no_calibration(monkeypatch):
 
 def test_unknown_method_through_from_pretrained(checkpoints):
     with pytest.raises(ValueError, match="Unknown pruning method 'magic'. Supported: ean, frequency, random, reap"):
-        AutoModelForCausalLM.from_pretrained(checkpoints["qwen3_moe"], pruning_config={"method": "magic", "ratio": 0.5})
+        AutoModelForCausalLM.from_pretrained(
+            checkpoints["qwen3_moe"], pruning_config={"method": "magic", "ratio": 0.5}
+        )
 
 
 @pytest.mark.parametrize("ratio", [1.0, 1.5, 0.0, -0.5])
@@ -35,7 +37,9 @@ def test_ratio_outside_unit_interval(ratio):
 
 def test_too_few_experts_for_top_k_fails_before_calibration(checkpoints, no_calibration):
     config = MoEPruneConfig(ratio=0.9, calibration=CALIBRATION, seq_len=32)
-    message = r"would keep 1 of 8 experts but routes every token to top-k=2 experts: keep at least 2 \(ratio at most 0.75\)"
+    message = (
+        r"would keep 1 of 8 experts but routes every token to top-k=2 experts: keep at least 2 \(ratio at most 0.75\)"
+    )
     with pytest.raises(ValueError, match=message):
         AutoModelForCausalLM.from_pretrained(checkpoints["qwen2_moe"], pruning_config=config)
     with pytest.raises(ValueError, match=message):
@@ -64,8 +68,15 @@ def test_data_free_method_needs_no_calibration(checkpoints):
 
 
 def test_model_without_moe_layers():
-    config = AutoConfig.for_model("llama", vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                  num_attention_heads=2, num_key_value_heads=2)
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     dense = AutoModelForCausalLM.from_config(config)
     with pytest.raises(ValueError, match=r"LlamaForCausalLM \(model_type='llama'\) has no MoE layers"):
         hf_moe_prune.prune(dense, MoEPruneConfig(ratio=0.5, calibration=CALIBRATION))
@@ -75,8 +86,16 @@ def test_model_without_moe_layers():
 
 
 def test_unsupported_family_lists_the_supported_ones():
-    config = AutoConfig.for_model("phimoe", vocab_size=64, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
-                                  num_attention_heads=2, num_key_value_heads=2, num_local_experts=4)
+    config = AutoConfig.for_model(
+        "phimoe",
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_local_experts=4,
+    )
     model = AutoModelForCausalLM.from_config(config)
     with pytest.raises(ValueError) as error:
         hf_moe_prune.prune(model, MoEPruneConfig(method="random", ratio=0.5))

@@ -66,8 +66,9 @@ def test_prune_while_loading_save_and_reload_without_the_library(family, checkpo
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_non_uniform_plan_reloads_through_the_quantizer(family, checkpoints, input_ids, tmp_path):
-    model = AutoModelForCausalLM.from_pretrained(checkpoints[family], quantization_config=_config(ratio=None,
-                                                                                                  allocation=[6, 3]))
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoints[family], quantization_config=_config(ratio=None, allocation=[6, 3])
+    )
     assert [b.num_experts for b in find_blocks(model)] == [6, 3]
     logits = model(input_ids).logits
     model.save_pretrained(tmp_path / "pruned")
@@ -97,8 +98,9 @@ def test_generate_works_on_pruned_models(family, checkpoints, tokenizer):
 def test_pruning_config_on_concrete_and_base_classes(checkpoints):
     model = Qwen3MoeForCausalLM.from_pretrained(checkpoints["qwen3_moe"], pruning_config=_config(method="frequency"))
     assert [b.num_experts for b in find_blocks(model)] == [4, 4]
-    base = AutoModel.from_pretrained(checkpoints["qwen3_moe"], pruning_config=_config(num_experts_to_keep=6,
-                                                                                      ratio=None))
+    base = AutoModel.from_pretrained(
+        checkpoints["qwen3_moe"], pruning_config=_config(num_experts_to_keep=6, ratio=None)
+    )
     assert [b.num_experts for b in find_blocks(base)] == [6, 6]
 
 
@@ -127,12 +129,16 @@ def test_plan_replays_without_calibration(checkpoints, input_ids, tmp_path):
 
 
 def test_pruning_an_already_non_uniformly_pruned_checkpoint_prunes_further(checkpoints, tokenizer, tmp_path):
-    model = AutoModelForCausalLM.from_pretrained(checkpoints["qwen3_moe"], pruning_config=_config(ratio=None,
-                                                                                                  allocation=[6, 4]))
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoints["qwen3_moe"], pruning_config=_config(ratio=None, allocation=[6, 4])
+    )
     model.save_pretrained(tmp_path / "p1")
     with pytest.raises(ValueError, match="needs a tokenizer"):  # the folder has no tokenizer files
-        AutoModelForCausalLM.from_pretrained(tmp_path / "p1", pruning_config=_config(ratio=None, num_experts_to_keep=3))
+        AutoModelForCausalLM.from_pretrained(
+            tmp_path / "p1", pruning_config=_config(ratio=None, num_experts_to_keep=3)
+        )
     tokenizer.save_pretrained(tmp_path / "p1")
-    again = AutoModelForCausalLM.from_pretrained(tmp_path / "p1", pruning_config=_config(ratio=None,
-                                                                                          num_experts_to_keep=3))
+    again = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "p1", pruning_config=_config(ratio=None, num_experts_to_keep=3)
+    )
     assert [b.num_experts for b in find_blocks(again)] == [3, 3]

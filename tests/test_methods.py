@@ -62,8 +62,9 @@ def test_a_new_method_plugs_in_by_registering():
         return torch.arange(stats.num_experts, dtype=torch.float64)
 
     try:
-        plan = hf_moe_prune.prune(tiny_model("olmoe"), MoEPruneConfig("_test_last_experts", 0.5, calibration=ROWS),
-                                  progress=False)
+        plan = hf_moe_prune.prune(
+            tiny_model("olmoe"), MoEPruneConfig("_test_last_experts", 0.5, calibration=ROWS), progress=False
+        )
         assert [b.kept for b in plan.blocks] == [[4, 5, 6, 7]] * 2
     finally:
         METHODS._items.pop("_test_last_experts")

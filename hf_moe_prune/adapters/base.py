@@ -31,7 +31,7 @@ class MoEAdapter:
         block_class (`str`): Class name of the sparse MoE block (the module holding router and experts).
         router (`str`): Attribute of the block holding the router.
         experts (`str`): Attribute of the block holding the fused routed experts.
-        count_keys (`tuple[str]`): Config keys for the routed-expert count; all are written, so that checkpoints load in
+        count_keys (`tuple[str]`): Config keys for the routed-expert count; all are written so that checkpoints load in
             every transformers version that used one of them.
         top_k_key (`str`): Config key for the number of experts per token.
         router_tensors (`tuple[str]`): Router parameters/buffers with an expert dimension 0 (sliced when present).
@@ -103,8 +103,8 @@ def get_adapter(model: nn.Module) -> MoEAdapter:
     looks_moe = any(hasattr(m, "experts") and (hasattr(m, "gate") or hasattr(m, "router")) for m in model.modules())
     if not looks_moe:
         raise ValueError(
-            f"{type(model).__name__} (model_type={model_type!r}) has no MoE layers: hf_moe_prune prunes routed experts "
-            f"of Mixture-of-Experts models. Supported families: {', '.join(ADAPTERS.names())}."
+            f"{type(model).__name__} (model_type={model_type!r}) has no MoE layers: hf_moe_prune prunes the "
+            f"routed experts of Mixture-of-Experts models. Supported families: {', '.join(ADAPTERS.names())}."
         )
     raise ValueError(
         f"Model family {model_type!r} ({type(model).__name__}) looks like a MoE model but is not supported yet. "

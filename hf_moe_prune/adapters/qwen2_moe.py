@@ -1,4 +1,4 @@
-"""Qwen1.5/Qwen2-MoE: softmax top-k router `gate` (no renormalization by default) plus a sigmoid-gated shared expert."""
+"""Qwen1.5/Qwen2-MoE: softmax top-k router `gate` (no renormalization by default), sigmoid-gated shared expert."""
 
 from .base import ADAPTERS, MoEAdapter
 

@@ -3,4 +3,6 @@
 from .base import ADAPTERS, MoEAdapter
 
 # transformers >= 5 writes `num_local_experts`; 4.57 reads `num_experts` (and defaults to 128 without it).
-ADAPTERS.add("qwen3_moe", MoEAdapter("qwen3_moe", "Qwen3MoeSparseMoeBlock", count_keys=("num_experts", "num_local_experts")))
+ADAPTERS.add(
+    "qwen3_moe", MoEAdapter("qwen3_moe", "Qwen3MoeSparseMoeBlock", count_keys=("num_experts", "num_local_experts"))
+)

@@ -5,4 +5,12 @@ from .observers import ExpertObserver
 from .runner import collect_stats, model_device
 from .stats import LayerStats
 
-__all__ = ["ExpertObserver", "LayerStats", "calibration_rows", "collect_stats", "describe", "iter_texts", "model_device"]
+__all__ = [
+    "ExpertObserver",
+    "LayerStats",
+    "calibration_rows",
+    "collect_stats",
+    "describe",
+    "iter_texts",
+    "model_device",
+]

@@ -11,7 +11,9 @@ from typing import Any
 import torch
 
 _TEXT_SUFFIXES = (".txt", ".md", ".py", ".text")
-_SOURCES = "a list of strings, a datasets.Dataset, a .txt/.jsonl path or folder, a tensor of token ids, or a dataset name"
+_SOURCES = (
+    "a list of strings, a datasets.Dataset, a .txt/.jsonl path or folder, a tensor of token ids, or a dataset name"
+)
 
 
 def describe(source: Any) -> str:

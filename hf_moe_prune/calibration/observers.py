@@ -4,9 +4,9 @@ The experts module of every transformers 5 MoE family is called as `experts(hidd
 the family's own router chose the experts and their gates (softmax or sigmoid, renormalized or not, with bias or
 groups). Observing its inputs therefore gives the real selection and gate values, whatever the family.
 
-Output norms ||f_j(x)|| need each routed expert's output before gating, which the fused forward sums away. For those the
-observer calls the model's own experts forward once on the routed (token, slot) rows with unit gates, which evaluates
-exactly the same k expert rows per token as the normal forward, records the norms, and returns the gated sum.
+Output norms ||f_j(x)|| need each routed expert's output before gating, which the fused forward sums away. For
+those the observer calls the model's own experts forward once on the routed (token, slot) rows with unit gates: it
+evaluates exactly the same k expert rows per token as the normal forward, records the norms, and returns the gated sum.
 """
 
 from __future__ import annotations

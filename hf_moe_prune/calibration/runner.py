@@ -6,6 +6,7 @@ import inspect
 
 import torch
 from tqdm.auto import tqdm
+from transformers.utils.logging import is_progress_bar_enabled
 
 from ..adapters import MoEBlock
 from .observers import ExpertObserver
@@ -46,13 +47,14 @@ def collect_stats(
         extra["logits_to_keep"] = 1
     if "use_cache" in params:
         extra["use_cache"] = False
+    disabled = not progress or not is_progress_bar_enabled()  # honours transformers' disable_progress_bar()
     was_training = model.training
     model.eval()
     try:
         for observer in observers:
             observer.attach()
         with torch.no_grad():
-            for start in tqdm(range(0, len(rows), batch_size), desc="calibration", unit="batch", disable=not progress):
+            for start in tqdm(range(0, len(rows), batch_size), desc="calibration", unit="batch", disable=disabled):
                 model(input_ids=rows[start : start + batch_size].to(device), **extra)
     finally:
         for observer in observers:

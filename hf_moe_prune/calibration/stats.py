@@ -48,4 +48,8 @@ class LayerStats:
         return self
 
     def to_dict(self) -> dict:
-        return {"num_experts": self.num_experts, "tokens": self.tokens, **{k: v.tolist() for k, v in self.tensors.items()}}
+        return {
+            "num_experts": self.num_experts,
+            "tokens": self.tokens,
+            **{k: v.tolist() for k, v in self.tensors.items()},
+        }

@@ -6,6 +6,19 @@ Use them to try an adapter or a method in seconds::
     model = tiny_model("qwen3_moe")
 """
 
-from .tiny import TINY_FAMILIES, SAMPLE_TEXT, save_tiny_model, tiny_config, tiny_model, tiny_tokenizer
+from .tiny import SAMPLE_TEXT, TINY_FAMILIES, save_tiny_model, tiny_config, tiny_model, tiny_tokenizer
+from .trained import DOMAINS, FIXTURES, fixture_path, fixture_texts, mixed_texts
 
-__all__ = ["SAMPLE_TEXT", "TINY_FAMILIES", "save_tiny_model", "tiny_config", "tiny_model", "tiny_tokenizer"]
+__all__ = [
+    "DOMAINS",
+    "FIXTURES",
+    "SAMPLE_TEXT",
+    "TINY_FAMILIES",
+    "fixture_path",
+    "fixture_texts",
+    "mixed_texts",
+    "save_tiny_model",
+    "tiny_config",
+    "tiny_model",
+    "tiny_tokenizer",
+]
