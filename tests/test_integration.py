@@ -142,3 +142,33 @@ def test_pruning_an_already_non_uniformly_pruned_checkpoint_prunes_further(check
         tmp_path / "p1", pruning_config=_config(ratio=None, num_experts_to_keep=3)
     )
     assert [b.num_experts for b in find_blocks(again)] == [3, 3]
+
+
+def test_ignored_layers_keep_every_expert(checkpoints, tmp_path):
+    config = _config(ignore=["model.layers.0.*"])
+    model = AutoModelForCausalLM.from_pretrained(checkpoints["qwen3_moe"], pruning_config=config)
+    assert [b.num_experts for b in find_blocks(model)] == [8, 4]
+    model.save_pretrained(tmp_path / "out")
+    assert [b.num_experts for b in find_blocks(AutoModelForCausalLM.from_pretrained(tmp_path / "out"))] == [8, 4]
+    by_index = AutoModelForCausalLM.from_pretrained(checkpoints["qwen3_moe"], pruning_config=_config(ignore=[1]))
+    assert [b.num_experts for b in find_blocks(by_index)] == [4, 8]
+
+
+def test_bfloat16_model(checkpoints, tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoints["qwen2_moe"], dtype=torch.bfloat16, pruning_config=_config()
+    )
+    assert model.dtype == torch.bfloat16 and [b.num_experts for b in find_blocks(model)] == [4, 4]
+    prompt = tokenizer("experts", return_tensors="pt")
+    assert model.generate(**prompt, max_new_tokens=4, do_sample=False, pad_token_id=0).shape[1] == 4 + len(
+        prompt["input_ids"][0]
+    )
+
+
+def test_other_auto_classes(checkpoints):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        checkpoints["qwen3_moe"], num_labels=3, pruning_config=_config(method="frequency")
+    )
+    assert [b.num_experts for b in find_blocks(model)] == [4, 4]
