@@ -44,7 +44,7 @@ def run_fixture(name: str, args) -> str:
         + " | ".join(f"ppl {d}" for d in DOMAINS)
         + " | ppl all | KL | top-1 agree | prune s |"
     )
-    lines = [header, "|" + "---|" * (len(DOMAINS) + 8)]
+    lines = [header, "|" + "---|" * (len(DOMAINS) + 7)]
     cells = " | ".join(f"{full.domains[d].perplexity:.2f}" for d in DOMAINS)
     lines.append(f"| full model | 0 | — | {cells} | {full.overall.perplexity:.2f} | 0 | 1.000 | — |")
     for ratio in args.ratios:

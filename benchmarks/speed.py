@@ -22,6 +22,11 @@ from hf_moe_prune import METHODS, MoEPruneConfig, find_blocks
 from hf_moe_prune.calibration import calibration_rows, collect_stats
 from hf_moe_prune.testing import fixture_path, mixed_texts
 
+try:
+    from _results import write_section
+except ImportError:  # run as a module
+    from benchmarks._results import write_section
+
 
 def _median_seconds(fn, repeats: int) -> float:
     fn()  # warm-up
@@ -67,6 +72,7 @@ def calibration_table(model, rows, args) -> list[str]:
     lines.append("|" + "---|" * (len(METHODS.names()) + 1))
     for impl in args.impls:
         model.set_experts_implementation(impl)
+
         def plain(extra={"logits_to_keep": 1, "use_cache": False}):  # noqa: B006 (read-only)
             with torch.no_grad():
                 for start in range(0, len(rows), args.batch_size):
@@ -118,17 +124,23 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--impls", nargs="+", default=["eager", "grouped_mm"])
+    parser.add_argument("--write", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, rows, label = _load(args)
-    print(
-        f"### {label}: {rows.shape[0]} rows × {rows.shape[1]} tokens, batch {args.batch_size}, "
-        f"torch threads {torch.get_num_threads()}, median of {args.repeats}\n"
+    body = "\n".join(
+        [
+            f"#### {label}: {rows.shape[0]} rows × {rows.shape[1]} tokens, batch {args.batch_size}, "
+            f"median of {args.repeats}\n",
+            "Calibration wall time of each method as a ratio to one plain forward pass over the same tokens:\n",
+            *calibration_table(model, rows, args),
+            "\nPruned (reap, ratio 0.5) vs full model:\n",
+            *generation_table(model, rows, args),
+        ]
     )
-    print("Calibration wall time as a ratio to one plain forward pass over the same tokens:\n")
-    print("\n".join(calibration_table(model, rows, args)))
-    print("\nPruned (reap, ratio 0.5) vs full:\n")
-    print("\n".join(generation_table(model, rows, args)))
+    if args.write:
+        write_section("speed-synthetic" if args.synthetic else "speed-fixture", body)
+    print(body)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
     if method.needs_calibration:
         if not isinstance(config.calibration, torch.Tensor):
             tokenizer = tokenizer or config.tokenizer or default_tokenizer(model)
-        rows = calibration_rows(config.calibration, tokenizer, config.num_samples, config.seq_len)
+        rows = calibration_rows(config.calibration, tokenizer, config.num_samples, config.seq_len, config.seed)
     return PruneJob(config, blocks, counts, method, rows)
 
 

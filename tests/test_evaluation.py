@@ -2,10 +2,10 @@ import copy
 import math
 
 import pytest
-import torch
 
 import hf_moe_prune
 from hf_moe_prune import MoEPruneConfig
+from hf_moe_prune.calibration import calibration_rows
 from hf_moe_prune.evaluation import evaluate, format_markdown
 from hf_moe_prune.testing import SAMPLE_TEXT, tiny_model
 
@@ -15,8 +15,7 @@ TEXTS = {"a": [SAMPLE_TEXT] * 6, "b": [SAMPLE_TEXT[::-1]] * 6}
 def test_perplexity_matches_the_model_loss(tokenizer):
     model = tiny_model("qwen3_moe")
     result = evaluate(model, tokenizer, TEXTS["a"], seq_len=32, max_rows=4, progress=False)
-    rows = torch.tensor(tokenizer((SAMPLE_TEXT + "<|endoftext|>") * 6, add_special_tokens=False)["input_ids"])
-    rows = rows[: 4 * 32].view(4, 32)
+    rows = calibration_rows(TEXTS["a"], tokenizer, 4, 32)  # the rows evaluate() packs and samples
     loss = model(input_ids=rows, labels=rows).loss.item()
     assert result.domains["all"].tokens == 4 * 31
     assert result.overall.perplexity == pytest.approx(math.exp(loss), rel=1e-4)

@@ -87,11 +87,15 @@ def iter_texts(source: Any) -> Iterator[str]:
         yield text
 
 
-def calibration_rows(source: Any, tokenizer: Any, num_samples: int, seq_len: int) -> torch.Tensor:
+def calibration_rows(
+    source: Any, tokenizer: Any, num_samples: int, seq_len: int, seed: int = 0, oversample: int = 4
+) -> torch.Tensor:
     """Tokenize and pack calibration data into at most `num_samples` rows of `seq_len` tokens.
 
-    Documents are tokenized in order, joined by the tokenizer's EOS token, and packed without padding; reading stops
-    once `num_samples` rows are full. A 2-D tensor of token ids is used as given (its first `num_samples` rows).
+    Documents are tokenized in order, joined by the tokenizer's EOS token, and packed without padding. Reading stops
+    after `oversample` times the needed tokens; when that gives more rows than `num_samples`, a seeded random subset
+    of rows is kept (in stream order), so that the rows spread over many documents instead of the first few long ones.
+    A 2-D tensor of token ids is used as given (its first `num_samples` rows).
 
     Raises:
         `ValueError`: no data, or fewer tokens than one row of `seq_len`.
@@ -114,7 +118,7 @@ def calibration_rows(source: Any, tokenizer: Any, num_samples: int, seq_len: int
                 "holds one), or give `calibration` as a tensor of token ids."
             )
         eos = getattr(tokenizer, "eos_token_id", None)
-        needed = num_samples * seq_len
+        needed = num_samples * seq_len * max(1, oversample)
         stream: list[int] = []
         for text in iter_texts(source):
             if not text.strip():
@@ -132,6 +136,10 @@ def calibration_rows(source: Any, tokenizer: Any, num_samples: int, seq_len: int
             f"The calibration data has only {len(stream)} tokens, fewer than one row of seq_len={seq_len}: "
             "add more text or lower `seq_len`."
         )
-    rows = min(rows, num_samples)
     # Explicit CPU: the quantizer prepares the rows inside transformers' meta-device init context.
-    return torch.tensor(stream[: rows * seq_len], dtype=torch.long, device="cpu").view(rows, seq_len)
+    packed = torch.tensor(stream[: rows * seq_len], dtype=torch.long, device="cpu").view(rows, seq_len)
+    if rows > num_samples:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        chosen = torch.randperm(rows, generator=generator, device="cpu")[:num_samples].sort().values
+        packed = packed[chosen]
+    return packed

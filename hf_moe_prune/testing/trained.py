@@ -33,7 +33,18 @@ def fixture_texts(domain: str, split: str = "calibration") -> list[str]:
     return [doc.strip() for doc in text.split(DOC_SEPARATOR) if doc.strip()]
 
 
-def mixed_texts(split: str = "calibration") -> list[str]:
-    """Documents of all domains, interleaved one by one, so any prefix of the list mixes the domains evenly."""
-    per_domain = [fixture_texts(d, split) for d in DOMAINS]
-    return [doc for group in zip_longest(*per_domain) for doc in group if doc is not None]
+def _pieces(doc: str, size: int) -> list[str]:
+    """Cut a document at blank lines into pieces of about `size` characters."""
+    pieces, current = [], ""
+    for paragraph in doc.split("\n\n"):
+        current = f"{current}\n\n{paragraph}" if current else paragraph
+        if len(current) >= size:
+            pieces.append(current)
+            current = ""
+    return [*pieces, current] if current else pieces
+
+
+def mixed_texts(split: str = "calibration", piece_chars: int = 2000) -> list[str]:
+    """All domains interleaved in pieces of about `piece_chars` characters, so any prefix mixes them evenly."""
+    per_domain = [[p for doc in fixture_texts(d, split) for p in _pieces(doc, piece_chars)] for d in DOMAINS]
+    return [piece for group in zip_longest(*per_domain) for piece in group if piece is not None]

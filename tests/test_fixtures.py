@@ -1,0 +1,76 @@
+"""Quality relations on the trained fixtures (real, non-random MoE models); margins are the measured ones, with slack.
+
+Measured with these settings (calibration 32 rows × 256 tokens, evaluation 16 rows × 256 per domain, seed 0):
+perplexity relative to the full model at ratio 0.25: reap 1.09 / 1.09, ean 1.14 / 1.11 (qwen3_moe / qwen2_moe);
+at ratio 0.5 reap and ean reach 0.67–0.79 of random's perplexity. The usage-only criteria (frequency, soft_count) are
+no better than random on these load-balanced models (see benchmarks/RESULTS.md), so they are held only to the
+calibration-domain relation.
+"""
+
+import copy
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import hf_moe_prune
+from hf_moe_prune import MoEPruneConfig
+from hf_moe_prune.evaluation import evaluate
+from hf_moe_prune.testing import DOMAINS, FIXTURES, fixture_path, fixture_texts, mixed_texts
+
+OUTPUT_AWARE = ["reap", "ean"]
+# frequency is left out: on qwen3_moe, calibrating it on prose gives worse prose perplexity (89.9) than calibrating it
+# on code (81.5); raw token counts of a load-balanced router carry little domain signal.
+CALIBRATED = ["reap", "ean", "soft_count"]
+
+
+@pytest.fixture(scope="module", params=FIXTURES)
+def fixture(request):
+    path = fixture_path(request.param)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    texts = {d: fixture_texts(d, "evaluation") for d in DOMAINS}
+    cache = {}
+
+    def perplexity(method=None, ratio=None, calibration="mixed"):
+        key = (method, ratio, calibration)
+        if key not in cache:
+            pruned = model
+            if method is not None:
+                pruned = copy.deepcopy(model)
+                data = {"mixed": mixed_texts, "none": lambda: None}.get(
+                    calibration, lambda: fixture_texts(calibration)
+                )()
+                config = MoEPruneConfig(method, ratio, calibration=data, num_samples=32, seq_len=256)
+                hf_moe_prune.prune(pruned, config, tokenizer=tokenizer, progress=False)
+            result = evaluate(pruned, tokenizer, texts, seq_len=256, max_rows=16, progress=False)
+            cache[key] = {"all": result.overall.perplexity, **{d: result.domains[d].perplexity for d in DOMAINS}}
+        return cache[key]
+
+    return perplexity
+
+
+def test_fixture_is_a_real_language_model(fixture):
+    full = fixture()
+    assert full["code"] < 60 and full["prose"] < 100  # unigram perplexity is 510 / 734
+
+
+@pytest.mark.parametrize("method", OUTPUT_AWARE)
+def test_quarter_pruning_stays_close_to_the_full_model(fixture, method):
+    assert fixture(method, 0.25)["all"] < 1.20 * fixture()["all"]
+
+
+@pytest.mark.parametrize("method", OUTPUT_AWARE)
+def test_half_pruning_is_far_better_than_random(fixture, method):
+    assert fixture(method, 0.5)["all"] < 0.85 * fixture("random", 0.5, "none")["all"]
+
+
+def test_reap_beats_usage_only_criteria(fixture):
+    for method in ("frequency", "soft_count", "random"):
+        assert fixture("reap", 0.25)["all"] < fixture(method, 0.25, "none" if method == "random" else "mixed")["all"]
+
+
+@pytest.mark.parametrize("method", CALIBRATED)
+def test_calibrating_on_a_domain_keeps_that_domain_better(fixture, method):
+    code, prose = fixture(method, 0.25, "code"), fixture(method, 0.25, "prose")
+    assert code["code"] < prose["code"]
+    assert prose["prose"] < code["prose"]
