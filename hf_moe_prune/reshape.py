@@ -6,7 +6,9 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from transformers import PreTrainedModel
 
 from .adapters import MoEAdapter, MoEBlock, text_config
@@ -56,32 +58,55 @@ def set_expert_count(model: nn.Module, adapter: MoEAdapter, count: int) -> None:
             module.num_experts = count
 
 
+class _MaskRouterLogits(TorchFunctionMode):
+    """Adds a 0/-inf mask to the output of every `F.linear` whose weight is a masked router's weight.
+
+    Intercepting the logits where the router computes them leaves everything after them (softmax or sigmoid, router
+    bias, score-correction bias, expert groups, renormalization, scaling) to the model's own code.
+    """
+
+    def __init__(self, masks: dict[int, torch.Tensor]):
+        super().__init__()
+        self.masks = masks
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is F.linear:
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            mask = self.masks.get(id(weight))
+            if mask is not None:
+                out = out + mask.to(device=out.device, dtype=out.dtype)
+        return out
+
+
 @contextlib.contextmanager
 def mask_experts(blocks: list[MoEBlock], kept: dict[str, list[int]]) -> Iterator[None]:
-    """Within the context, route as if only `kept[block.name]` experts existed: the other experts' logits are set to
-    -inf before the softmax and top-k (masking after the softmax would leave the denominator wrong).
+    """Within the context, route as if only `kept[block.name]` experts existed.
 
-    The masked model is what slicing must reproduce exactly; it is also a cheap way to try a plan.
+    The other experts' router logits are set to -inf where the router computes them (before any softmax, top-k or
+    group selection: masking afterwards would leave softmax denominators wrong), and their score-correction biases
+    to -inf, so no selection rule can pick them. The masked model is what slicing must reproduce exactly; it is also
+    a cheap way to try a plan without changing the model.
     """
-    handles = []
-
-    def make_hook(block: MoEBlock, mask: torch.Tensor):
-        def hook(module, args, output):
-            logits = output[0]
-            masked = logits + mask.to(device=logits.device, dtype=logits.dtype)
-            gates, indices = block.adapter.route(module, masked, block.top_k)
-            return (masked, gates, indices, *output[3:])
-
-        return hook
-
+    masks, saved = {}, []
     try:
         for block in blocks:
             if block.name not in kept:
                 continue
-            mask = torch.full((block.num_experts,), float("-inf"))
-            mask[torch.as_tensor(kept[block.name], dtype=torch.long)] = 0.0
-            handles.append(block.router.register_forward_hook(make_hook(block, mask)))
-        yield
+            dropped = torch.ones(block.num_experts, dtype=torch.bool)
+            dropped[torch.as_tensor(kept[block.name], dtype=torch.long)] = False
+            router = block.router
+            masks[id(router.weight)] = torch.zeros(block.num_experts).masked_fill(dropped, float("-inf"))
+            for name in block.adapter.router_tensors:
+                tensor = getattr(router, name, None)
+                if name not in ("weight", "bias") and isinstance(tensor, torch.Tensor):
+                    saved.append((tensor, tensor.detach().clone()))
+                    with torch.no_grad():
+                        tensor[dropped.to(tensor.device)] = float("-inf")
+        with _MaskRouterLogits(masks):
+            yield
     finally:
-        for handle in handles:
-            handle.remove()
+        with torch.no_grad():
+            for tensor, value in saved:
+                tensor.copy_(value)

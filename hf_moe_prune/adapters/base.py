@@ -6,8 +6,6 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -35,7 +33,6 @@ class MoEAdapter:
             every transformers version that used one of them.
         top_k_key (`str`): Config key for the number of experts per token.
         router_tensors (`tuple[str]`): Router parameters/buffers with an expert dimension 0 (sliced when present).
-        always_renormalize (`bool`): The router renormalizes the top-k gates whatever `norm_topk_prob` says (Mixtral).
         shared (`tuple[str]`): Block attributes that are shared (always-on) experts, never pruned.
     """
 
@@ -46,20 +43,7 @@ class MoEAdapter:
     count_keys: tuple[str, ...] = ("num_experts",)
     top_k_key: str = "num_experts_per_tok"
     router_tensors: tuple[str, ...] = ("weight", "bias", "e_score_correction_bias")
-    always_renormalize: bool = False
     shared: tuple[str, ...] = ()
-
-    def route(self, router: nn.Module, logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Softmax top-k routing as the family's router runs it: returns `(gates, indices)` of shape `[T, top_k]`.
-
-        Used to route with some experts masked out (their logits at -inf before the softmax), which is what slicing
-        the experts away must reproduce.
-        """
-        probs = torch.softmax(logits.float(), dim=-1)
-        gates, indices = torch.topk(probs, top_k, dim=-1)
-        if self.always_renormalize or getattr(router, "norm_topk_prob", False):
-            gates = gates / gates.sum(dim=-1, keepdim=True)
-        return gates.to(logits.dtype), indices
 
 
 @dataclass

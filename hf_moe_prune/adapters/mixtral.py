@@ -4,7 +4,5 @@ from .base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "mixtral",
-    MoEAdapter(
-        "mixtral", "MixtralSparseMoeBlock", count_keys=("num_local_experts", "num_experts"), always_renormalize=True
-    ),
+    MoEAdapter("mixtral", "MixtralSparseMoeBlock", count_keys=("num_local_experts", "num_experts")),
 )
