@@ -48,6 +48,9 @@ def keep_counts(blocks: list[MoEBlock], config: MoEPruneConfig) -> dict[str, int
             keep = int(config.num_experts_to_keep)
         else:
             keep = num - math.floor(config.ratio * num + 1e-9)
+            n_group = block.groups[0]
+            if n_group > 1:  # grouped routing needs the same count in every group: round to a multiple
+                keep = max(n_group, n_group * math.floor(keep / n_group + 0.5))
         if keep > num:
             raise ValueError(f"Layer {block.layer_idx} has {num} experts and cannot keep {keep}; keep at most {num}.")
         if keep < block.top_k:
@@ -56,11 +59,41 @@ def keep_counts(blocks: list[MoEBlock], config: MoEPruneConfig) -> dict[str, int
                 f"Layer {block.layer_idx} would keep {keep} of {num} experts but routes every token to top-k="
                 f"{block.top_k} experts: keep at least {block.top_k} (ratio at most {max_ratio:.3g})."
             )
+        _check_groups(block, keep)
         counts[block.name] = keep
     return counts
 
 
-def select_experts(scores: torch.Tensor, keep: int) -> list[int]:
-    """Indices of the `keep` highest scores, in ascending expert order (ties go to the lower index)."""
+def _check_groups(block: MoEBlock, keep: int) -> None:
+    """Group-limited routing (DeepSeek-V3 style) reshapes scores to `[n_group, E / n_group]`, ranks each group by its
+    best two experts and picks `topk_group` groups: every group must keep the same number of experts, at least two,
+    and the picked groups must still hold top-k experts."""
+    n_group, topk_group = block.groups
+    if n_group <= 1 or keep == block.num_experts:
+        return
+    if keep % n_group:
+        raise ValueError(
+            f"Layer {block.layer_idx} routes within {n_group} expert groups, so it must keep a multiple of {n_group} "
+            f"experts (the same number per group), not {keep}."
+        )
+    per_group = keep // n_group
+    if per_group < 2 or per_group * topk_group < block.top_k:
+        raise ValueError(
+            f"Layer {block.layer_idx} would keep {per_group} experts per group; group-limited routing needs at least "
+            f"2 per group and {topk_group} groups × {per_group} ≥ top-k={block.top_k}: keep more experts."
+        )
+
+
+def select_experts(scores: torch.Tensor, keep: int, n_group: int = 1) -> list[int]:
+    """Indices of the `keep` highest scores, in ascending expert order (ties go to the lower index).
+
+    With `n_group` expert groups (contiguous blocks of experts), each group keeps its `keep / n_group` best experts,
+    so that group-limited routing sees equal groups after slicing.
+    """
+    if n_group > 1 and keep < len(scores):
+        size, per_group = len(scores) // n_group, keep // n_group
+        return sorted(
+            g * size + i for g in range(n_group) for i in select_experts(scores[g * size : (g + 1) * size], per_group)
+        )
     order = torch.sort(scores.double(), descending=True, stable=True).indices
     return sorted(order[:keep].tolist())

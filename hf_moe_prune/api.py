@@ -88,7 +88,7 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
             raise RuntimeError(
                 f"method {method.name!r} returned scores of shape {tuple(scores.shape)} for {block.name}"
             )
-        kept = select_experts(scores, job.counts[block.name])
+        kept = select_experts(scores, job.counts[block.name], block.groups[0])
         plan_blocks.append(BlockPlan(block.name, block.layer_idx, block.num_experts, kept, scores.tolist()))
     calibration = {"source": describe(config.calibration)}
     if job.rows is not None:

@@ -14,31 +14,47 @@ from transformers import PreTrainedModel
 from .adapters import MoEAdapter, MoEBlock, text_config
 
 
-def _slice_tensors(module: nn.Module, names: list[str], index: torch.Tensor, num_experts: int) -> None:
-    for name in names:
-        if name in module._parameters and module._parameters[name] is not None:
-            old = module._parameters[name]
-            if old.shape[0] == num_experts:
-                new = old.data.index_select(0, index.to(old.device)).contiguous()
-                module._parameters[name] = nn.Parameter(new, requires_grad=old.requires_grad)
-        elif name in module._buffers and module._buffers[name] is not None:
-            old = module._buffers[name]
-            if old.shape[0] == num_experts:
-                module._buffers[name] = old.index_select(0, index.to(old.device)).contiguous()
+def _owner(block: MoEBlock, path: str) -> tuple[nn.Module, str] | None:
+    """The module holding the tensor at block-relative `path`, and its attribute name (None when absent)."""
+    module_path, _, name = path.rpartition(".")
+    try:
+        module = block.module.get_submodule(module_path) if module_path else block.module
+    except AttributeError:
+        return None
+    return (module, name) if isinstance(getattr(module, name, None), torch.Tensor) else None
+
+
+def _slice_tensor(module: nn.Module, name: str, index: torch.Tensor, dim: int, num_experts: int) -> None:
+    old = getattr(module, name)
+    if old.shape[dim] != num_experts:
+        raise ValueError(
+            f"{type(module).__name__}.{name} has shape {tuple(old.shape)}, no expert axis {dim} of size "
+            f"{num_experts}; check the family's adapter."
+        )
+    new = old.detach().index_select(dim, index.to(old.device)).contiguous()
+    if name in module._parameters:
+        module._parameters[name] = nn.Parameter(new, requires_grad=old.requires_grad)
+    else:
+        module._buffers[name] = new
 
 
 def slice_block(block: MoEBlock, kept: list[int]) -> None:
     """Keep only experts `kept` (original indices, in this order) in `block`: every expert tensor of the experts
-    module, the router rows (weight, bias, score-correction bias) and every `num_experts` attribute. Works on meta
-    tensors too (used to shrink a skeleton before a pruned checkpoint loads)."""
+    module, the router rows (weight, bias, score-correction bias), the adapter's extra expert tensors, and every
+    `num_experts` attribute. Works on meta tensors too (used to shrink a skeleton before a pruned checkpoint loads)."""
     num_experts = block.num_experts
     if any(not 0 <= k < num_experts for k in kept) or len(set(kept)) != len(kept):
         raise ValueError(f"{block.name}: kept experts {kept} must be distinct indices below {num_experts}.")
     index = torch.as_tensor(kept, dtype=torch.long, device="cpu")
-    experts, router = block.experts, block.router
-    _slice_tensors(experts, [*experts._parameters, *experts._buffers], index, num_experts)
-    _slice_tensors(router, list(block.adapter.router_tensors), index, num_experts)
-    for module in (block.module, experts, router):
+    experts = block.experts
+    for name in [*experts._parameters, *experts._buffers]:
+        if getattr(experts, name) is not None:
+            _slice_tensor(experts, name, index, 0, num_experts)
+    for path, dim in block.adapter.expert_tensors():
+        owner = _owner(block, path)
+        if owner is not None:
+            _slice_tensor(*owner, index, dim, num_experts)
+    for module in (block.module, experts, block.router):
         if isinstance(getattr(module, "num_experts", None), int):
             module.num_experts = len(kept)
 
@@ -96,14 +112,20 @@ def mask_experts(blocks: list[MoEBlock], kept: dict[str, list[int]]) -> Iterator
                 continue
             dropped = torch.ones(block.num_experts, dtype=torch.bool)
             dropped[torch.as_tensor(kept[block.name], dtype=torch.long)] = False
-            router = block.router
-            masks[id(router.weight)] = torch.zeros(block.num_experts).masked_fill(dropped, float("-inf"))
-            for name in block.adapter.router_tensors:
-                tensor = getattr(router, name, None)
-                if name not in ("weight", "bias") and isinstance(tensor, torch.Tensor):
-                    saved.append((tensor, tensor.detach().clone()))
-                    with torch.no_grad():
-                        tensor[dropped.to(tensor.device)] = float("-inf")
+            masks[id(block.router_weight)] = torch.zeros(block.num_experts).masked_fill(dropped, float("-inf"))
+            linear_bias = f"{block.adapter.router}.{block.adapter.router_weight.rpartition('.')[0]}".rstrip(".")
+            for path, dim in block.adapter.expert_tensors():
+                owner = _owner(block, path)
+                # Selection biases (score correction, expert bias) go to -inf too; the router's own linear bias
+                # already comes out of the masked F.linear.
+                if owner is None or "bias" not in owner[1] or path == f"{linear_bias}.bias":
+                    continue
+                tensor = getattr(*owner)
+                saved.append((tensor, tensor.detach().clone()))
+                with torch.no_grad():
+                    shape = [1] * tensor.dim()
+                    shape[dim] = -1
+                    tensor.masked_fill_(dropped.to(tensor.device).view(shape), float("-inf"))
         with _MaskRouterLogits(masks):
             yield
     finally:

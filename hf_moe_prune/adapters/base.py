@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
+
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -33,6 +35,9 @@ class MoEAdapter:
             every transformers version that used one of them.
         top_k_key (`str`): Config key for the number of experts per token.
         router_tensors (`tuple[str]`): Router parameters/buffers with an expert dimension 0 (sliced when present).
+        router_weight (`str`): Path, inside the router, of the `[E, hidden]` weight its logits come from.
+        extra_tensors (`tuple[str]`): Other tensors with an expert dimension, as paths inside the block, with the
+            dimension after a colon when it is not 0 (`"expert_bias"`, `"gate.moe_statics.e_score_correction_bias:1"`).
         shared (`tuple[str]`): Block attributes that are shared (always-on) experts, never pruned.
     """
 
@@ -43,7 +48,17 @@ class MoEAdapter:
     count_keys: tuple[str, ...] = ("num_experts",)
     top_k_key: str = "num_experts_per_tok"
     router_tensors: tuple[str, ...] = ("weight", "bias", "e_score_correction_bias")
+    router_weight: str = "weight"
+    extra_tensors: tuple[str, ...] = ()
     shared: tuple[str, ...] = ()
+
+    def expert_tensors(self) -> list[tuple[str, int]]:
+        """Block-relative paths and expert dimensions of every router/extra tensor that carries an expert axis."""
+        out = [(f"{self.router}.{name}", 0) for name in self.router_tensors]
+        for spec in self.extra_tensors:
+            path, _, dim = spec.partition(":")
+            out.append((path, int(dim or 0)))
+        return out
 
 
 @dataclass
@@ -64,13 +79,37 @@ class MoEBlock:
         return getattr(self.module, self.adapter.experts)
 
     @property
+    def router_weight(self) -> torch.Tensor:
+        return self.router.get_parameter(self.adapter.router_weight)
+
+    @property
     def num_experts(self) -> int:
         # Read from the tensor, not the config: the config is shared by all layers and may hold another count.
-        return int(self.router.weight.shape[0])
+        return int(next(iter(self.experts.parameters())).shape[0])
+
+    def _routing_attr(self, *names: str):
+        for module in (self.router, self.module):
+            for name in names:
+                value = getattr(module, name, None)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    return value
+        return None
 
     @property
     def top_k(self) -> int:
-        return int(self.router.top_k)
+        top_k = self._routing_attr("top_k", "num_experts_per_tok", "moe_topk")
+        if top_k is None:
+            config = text_config(self.experts.config) if hasattr(self.experts, "config") else None
+            top_k = getattr(config, self.adapter.top_k_key, None)
+        if top_k is None:
+            raise ValueError(f"{self.name}: cannot find the router's top-k; set `top_k_key` in the adapter.")
+        return int(top_k)
+
+    @property
+    def groups(self) -> tuple[int, int]:
+        """`(n_group, topk_group)` of group-limited routing (DeepSeek-V3 style); `(1, 1)` without groups."""
+        n_group = self._routing_attr("num_group", "n_group") or 1
+        return n_group, self._routing_attr("topk_group") or n_group
 
 
 def text_config(config):
