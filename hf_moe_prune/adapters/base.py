@@ -54,7 +54,9 @@ class MoEAdapter:
 
     def expert_tensors(self) -> list[tuple[str, int]]:
         """Block-relative paths and expert dimensions of every router/extra tensor that carries an expert axis."""
-        out = [(f"{self.router}.{name}", 0) for name in self.router_tensors]
+        linear = f"{self.router}.{self.router_weight.rpartition('.')[0]}".rstrip(".")
+        paths = [f"{linear}.weight", f"{linear}.bias", *(f"{self.router}.{name}" for name in self.router_tensors)]
+        out = [(path, 0) for path in dict.fromkeys(paths)]
         for spec in self.extra_tensors:
             path, _, dim = spec.partition(":")
             out.append((path, int(dim or 0)))

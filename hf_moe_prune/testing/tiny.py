@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-VOCAB_SIZE = 384
+from .tiny_configs import VOCAB_SIZE, tiny_kwargs
+
 SAMPLE_TEXT = (
     "Mixture-of-Experts language models route every token to a few experts chosen by a learned router. "
     "Pruning removes the experts that matter least, so the model needs less memory while it keeps most of its "
@@ -17,55 +17,44 @@ SAMPLE_TEXT = (
     "The quick brown fox jumps over the lazy dog; 0123456789 + - * / = ( ) [ ] { } < > ! ? : ; , .\n"
 )
 
-# Family-specific keyword arguments on top of the common tiny shape. Each family's expert-count key differs.
-TINY_FAMILIES: dict[str, dict[str, Any]] = {
-    "qwen3_moe": {"num_experts": 8, "moe_intermediate_size": 16, "norm_topk_prob": True, "head_dim": 8},
-    "qwen2_moe": {
-        "num_experts": 8,
-        "moe_intermediate_size": 16,
-        "shared_expert_intermediate_size": 24,
-        "norm_topk_prob": False,
-    },
-    "mixtral": {"num_local_experts": 8, "head_dim": 8},
-    "olmoe": {"num_experts": 8, "norm_topk_prob": False},
-}
+# The four families the heavier tests run on (save/reload in a subprocess, every method, the quantizer paths);
+# every other supported family gets the shared family test (tests/test_families.py).
+TINY_FAMILIES = ("mixtral", "olmoe", "qwen2_moe", "qwen3_moe")
 
 
 def tiny_config(model_type: str, **overrides):
-    """A tiny config of `model_type`: hidden 32, 2 layers, 8 experts, top-2, vocabulary of `tiny_tokenizer()`."""
-    if model_type not in TINY_FAMILIES:
-        raise ValueError(f"No tiny config for {model_type!r}; known: {sorted(TINY_FAMILIES)}")
-    kwargs = {
-        "vocab_size": VOCAB_SIZE,
-        "hidden_size": 32,
-        "intermediate_size": 16,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "num_experts_per_tok": 2,
-        "max_position_embeddings": 256,
-        "tie_word_embeddings": False,
-        "bos_token_id": 0,
-        "eos_token_id": 0,
-        "pad_token_id": 0,
-        **TINY_FAMILIES[model_type],
-        **overrides,
-    }
-    return AutoConfig.for_model(model_type, **kwargs)
+    """A tiny config of `model_type`: hidden 32, 2 MoE layers of 8 experts, top-2, vocabulary of `tiny_tokenizer()`."""
+    from ..adapters import ADAPTERS
+
+    if model_type not in ADAPTERS:
+        raise ValueError(f"No adapter for {model_type!r}; supported: {', '.join(ADAPTERS.names())}")
+    return AutoConfig.for_model(model_type, **{**tiny_kwargs(model_type), **overrides})
 
 
 def tiny_model(model_type: str, seed: int = 0, router_scale: float = 20.0, **overrides) -> torch.nn.Module:
-    """A tiny random `*ForCausalLM` of `model_type` in eval mode.
+    """A tiny random model of `model_type` (`*ForCausalLM` when the family has one) in eval mode.
 
     Router weights are scaled up by `router_scale` so that routing is decisive (as in trained models) instead of the
     near-uniform routing of a 0.02-std random init, which would make every expert look alike.
     """
+    from ..adapters import find_blocks
+
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides))
+    config = tiny_config(model_type, **overrides)
+    try:
+        model = AutoModelForCausalLM.from_config(config)
+    except ValueError:  # a few families only have a base model class
+        model = AutoModel.from_config(config)
+    try:
+        blocks = find_blocks(model)
+    except ValueError:  # all layers dense (a test of exactly that case)
+        blocks = []
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith((".gate.weight", ".router.weight")):
-                param.mul_(router_scale)
+        for block in blocks:
+            weight = block.router_weight
+            if not weight.any():  # some families initialise the router at zero: every expert would tie
+                weight.normal_(0.0, 0.02)
+            weight.mul_(router_scale)
     return model.eval()
 
 

@@ -1,0 +1,15 @@
+"""axk2: router `gate`; fused routed experts `experts`; shared `shared_experts` left alone;
+`e_score_correction_bias` sliced with the router.
+"""
+
+from .base import ADAPTERS, MoEAdapter
+
+ADAPTERS.add(
+    "axk2",
+    MoEAdapter(
+        "axk2",
+        "AXK2MoE",
+        count_keys=("num_local_experts", "n_routed_experts"),
+        shared=("shared_experts",),
+    ),
+)

@@ -1,0 +1,15 @@
+"""dots3_note_text: router `gate`; fused routed experts `experts`; shared `shared_experts` left alone;
+`e_score_correction_bias` sliced with the router.
+"""
+
+from .base import ADAPTERS, MoEAdapter
+
+ADAPTERS.add(
+    "dots3_note_text",
+    MoEAdapter(
+        "dots3_note_text",
+        "Dots3NoteTextMoE",
+        count_keys=("num_local_experts", "n_routed_experts"),
+        shared=("shared_experts",),
+    ),
+)

@@ -1,0 +1,7 @@
+"""exaone_moe: router `gate`; fused routed experts `experts`; shared `shared_experts` left alone;
+`e_score_correction_bias` sliced with the router.
+"""
+
+from .base import ADAPTERS, MoEAdapter
+
+ADAPTERS.add("exaone_moe", MoEAdapter("exaone_moe", "ExaoneMoeSparseMoEBlock", shared=("shared_experts",)))

@@ -1,0 +1,12 @@
+"""flex_olmo: router `gate`; fused routed experts `experts`."""
+
+from .base import ADAPTERS, MoEAdapter
+
+ADAPTERS.add(
+    "flex_olmo",
+    MoEAdapter(
+        "flex_olmo",
+        "FlexOlmoSparseMoeBlock",
+        count_keys=("num_experts", "num_local_experts"),
+    ),
+)

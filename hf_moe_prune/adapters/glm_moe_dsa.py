@@ -1,0 +1,15 @@
+"""glm_moe_dsa: router `gate`; fused routed experts `experts`; shared `shared_experts` left alone;
+`e_score_correction_bias` sliced with the router.
+"""
+
+from .base import ADAPTERS, MoEAdapter
+
+ADAPTERS.add(
+    "glm_moe_dsa",
+    MoEAdapter(
+        "glm_moe_dsa",
+        "GlmMoeDsaMoE",
+        count_keys=("num_local_experts", "n_routed_experts"),
+        shared=("shared_experts",),
+    ),
+)

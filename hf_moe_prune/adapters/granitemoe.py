@@ -1,0 +1,13 @@
+"""granitemoe: router `router`; fused routed experts `experts`."""
+
+from .base import ADAPTERS, MoEAdapter
+
+ADAPTERS.add(
+    "granitemoe",
+    MoEAdapter(
+        "granitemoe",
+        "GraniteMoeMoE",
+        router="router",
+        count_keys=("num_local_experts",),
+    ),
+)

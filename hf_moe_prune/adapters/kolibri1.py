@@ -1,0 +1,15 @@
+"""kolibri1: router `gate`; fused routed experts `experts`; shared `shared_experts` left alone;
+`e_score_correction_bias` sliced with the router.
+"""
+
+from .base import ADAPTERS, MoEAdapter
+
+ADAPTERS.add(
+    "kolibri1",
+    MoEAdapter(
+        "kolibri1",
+        "Kolibri1SparseMoeBlock",
+        count_keys=("num_experts", "num_local_experts"),
+        shared=("shared_experts",),
+    ),
+)

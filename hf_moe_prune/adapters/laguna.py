@@ -1,0 +1,7 @@
+"""laguna: router `gate`; fused routed experts `experts`; shared `shared_experts` left alone;
+`e_score_correction_bias` sliced with the router.
+"""
+
+from .base import ADAPTERS, MoEAdapter
+
+ADAPTERS.add("laguna", MoEAdapter("laguna", "LagunaSparseMoeBlock", shared=("shared_experts",)))

@@ -1,0 +1,13 @@
+"""mistral_large4_text: router `gate`; fused routed experts `experts`; shared `shared_experts` left alone."""
+
+from .base import ADAPTERS, MoEAdapter
+
+ADAPTERS.add(
+    "mistral_large4_text",
+    MoEAdapter(
+        "mistral_large4_text",
+        "MistralLarge4TextMoE",
+        count_keys=("num_local_experts", "n_routed_experts"),
+        shared=("shared_experts",),
+    ),
+)

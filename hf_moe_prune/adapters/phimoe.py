@@ -1,0 +1,13 @@
+"""phimoe: router `router`; fused routed experts `experts`."""
+
+from .base import ADAPTERS, MoEAdapter
+
+ADAPTERS.add(
+    "phimoe",
+    MoEAdapter(
+        "phimoe",
+        "PhimoeSparseMoeBlock",
+        router="router",
+        count_keys=("num_local_experts",),
+    ),
+)

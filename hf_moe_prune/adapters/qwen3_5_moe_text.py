@@ -1,0 +1,14 @@
+"""qwen3_5_moe_text: router `gate`; fused routed experts `experts`; shared `shared_expert`, `shared_expert_gate`
+left alone.
+"""
+
+from .base import ADAPTERS, MoEAdapter
+
+ADAPTERS.add(
+    "qwen3_5_moe_text",
+    MoEAdapter(
+        "qwen3_5_moe_text",
+        "Qwen3_5MoeSparseMoeBlock",
+        shared=("shared_expert", "shared_expert_gate"),
+    ),
+)

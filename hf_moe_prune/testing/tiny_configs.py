@@ -1,0 +1,84 @@
+"""Tiny configs for every supported family, derived from each config class's own keys (no per-family boilerplate).
+
+A key is set only when the family's config has it, so one table shrinks MLA attention (DeepSeek), grouped routing,
+shared experts and hybrid layer schedules alike; `FAMILY_OVERRIDES` holds what a family needs beyond that.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig
+
+VOCAB_SIZE = 384
+COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+TOP_K_KEYS = ("num_experts_per_tok", "moe_k", "moe_topk", "num_experts_per_token", "moe_top_k")
+
+COMMON: dict[str, Any] = {
+    "vocab_size": VOCAB_SIZE,
+    "hidden_size": 32,
+    "intermediate_size": 32,
+    "moe_intermediate_size": 16,
+    "shared_expert_intermediate_size": 16,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+    "max_position_embeddings": 256,
+    "tie_word_embeddings": False,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+    "pad_token_id": 0,
+    # DeepSeek-style multi-head latent attention
+    "kv_lora_rank": 16,
+    "q_lora_rank": 16,
+    "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 8,
+    "v_head_dim": 8,
+    # grouped routing, shared experts, dense first layers
+    "n_group": 2,
+    "topk_group": 1,
+    "n_shared_experts": 1,
+    "first_k_dense_replace": 1,
+    "moe_layer_start_index": 1,
+    "decoder_sparse_step": 1,
+    "mlp_only_layers": [],
+    "num_nextn_predict_layers": 0,
+    "sliding_window": 64,
+}
+
+# Families whose first layer is dense get a third layer so that two MoE layers remain.
+_DENSE_FIRST = ("first_k_dense_replace", "moe_layer_start_index")
+
+FAMILY_OVERRIDES: dict[str, dict[str, Any]] = {
+    "qwen3_moe": {"norm_topk_prob": True, "intermediate_size": 16},
+    "qwen2_moe": {"shared_expert_intermediate_size": 24, "norm_topk_prob": False, "intermediate_size": 16},
+    "olmoe": {"norm_topk_prob": False, "intermediate_size": 16},
+    "mixtral": {"intermediate_size": 16},
+    "dots3_note_text": {"num_key_value_heads": 4},
+    "glm5_next_text": {"num_key_value_heads": 4},
+}
+
+
+def _has(config, key: str) -> bool:
+    return key in config.to_dict() or key in getattr(type(config), "attribute_map", {})
+
+
+def tiny_kwargs(model_type: str) -> dict[str, Any]:
+    """Keyword arguments that shrink `model_type`'s default config to a few thousand parameters per layer."""
+    config = AutoConfig.for_model(model_type)
+    config = getattr(config, "text_config", None) or config
+    kwargs = {k: v for k, v in COMMON.items() if _has(config, k)}
+    kwargs.update({k: 8 for k in COUNT_KEYS if _has(config, k)})
+    kwargs.update({k: 2 for k in TOP_K_KEYS if _has(config, k)})
+    if "kv_lora_rank" in kwargs:  # latent attention expands keys per head: no grouped-query sharing
+        kwargs["num_key_value_heads"] = kwargs.get("num_attention_heads", 4)
+    if any(_has(config, k) for k in _DENSE_FIRST):
+        kwargs["num_hidden_layers"] = 3
+    layer_types = config.to_dict().get("layer_types")
+    if layer_types:  # hybrid models: keep the family's schedule but end on a full-attention layer
+        full = next((t for t in layer_types if "full" in t or t == "attention"), layer_types[-1])
+        n = kwargs.get("num_hidden_layers", 2)
+        kwargs["layer_types"] = [*layer_types[: n - 1], full]
+    kwargs.update(FAMILY_OVERRIDES.get(model_type, {}))
+    return kwargs
