@@ -59,3 +59,46 @@ def _call(model):
 
 def _params(block, attribute):
     return [(f"{attribute}.{n}", p) for n, p in getattr(block.module, attribute).named_parameters()]
+
+
+def test_multimodal_model_prunes_only_the_text_decoder(tmp_path):
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from hf_moe_prune.testing.tiny_configs import tiny_kwargs
+
+    text = tiny_kwargs("qwen3_vl_moe_text")
+    vision = {
+        "depth": 1,
+        "hidden_size": 32,
+        "intermediate_size": 32,
+        "num_heads": 2,
+        "out_hidden_size": 32,
+        "num_position_embeddings": 64,
+        "deepstack_visual_indexes": [],
+    }
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(
+        AutoConfig.for_model("qwen3_vl_moe", text_config=text, vision_config=vision)
+    ).eval()
+    vision_before = {n: p.clone() for n, p in model.named_parameters() if "visual" in n}
+    assert vision_before and len(find_blocks(model)) == 2
+    hf_moe_prune.prune(model, MoEPruneConfig("reap", 0.5, calibration=ROWS), progress=False)
+    assert [b.num_experts for b in find_blocks(model)] == [4, 4]
+    for name, param in model.named_parameters():
+        if name in vision_before:
+            torch.testing.assert_close(param, vision_before[name], rtol=0, atol=0)
+    assert model.config.text_config.num_experts == 4
+    model.save_pretrained(tmp_path / "out")
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "out")
+    torch.testing.assert_close(_logits(reloaded), _logits(model), rtol=0, atol=0)
+
+
+def test_group_rules_for_grouped_routers():
+    model = tiny_model("deepseek_v3")  # 8 experts in n_group=2 groups, topk_group=1, top-2
+    assert find_blocks(model)[0].groups == (2, 1)
+    with pytest.raises(ValueError, match="must keep a multiple of 2 experts"):
+        hf_moe_prune.prune(model, MoEPruneConfig("random", num_experts_to_keep=5))
+    with pytest.raises(ValueError, match="needs at least 2 per group"):
+        hf_moe_prune.prune(model, MoEPruneConfig("random", num_experts_to_keep=2))
+    plan = hf_moe_prune.prune(model, MoEPruneConfig("random", ratio=0.3), progress=False)  # keeps 6 = 3 per group
+    assert all(len(b.kept) == 6 and sum(k < 4 for k in b.kept) == 3 for b in plan.blocks)

@@ -90,3 +90,33 @@ def test_statistics_add_up_over_batches():
         for stat in STATISTICS:
             torch.testing.assert_close(whole[name][stat], split[name][stat], rtol=1e-5, atol=1e-5)
         assert whole[name]["count"].sum() == 64 * 2
+
+
+def test_llama4_style_statistics_read_gated_inputs():
+    """Llama-4 scales each expert's input by its gate and runs all experts: stats must use the selected ones only."""
+    model = tiny_model("llama4_text", router_scale=4.0)
+    block = find_blocks(model)[0]
+    x = torch.randn(5, block.experts.hidden_size, generator=torch.Generator().manual_seed(0))
+    observer = ExpertObserver(block, frozenset(STATISTICS))
+    observer.attach()
+    try:
+        with torch.no_grad():
+            block.module(x.unsqueeze(0))
+    finally:
+        observer.detach()
+    with torch.no_grad():
+        scores, _ = block.router(x)
+        gates, index = torch.topk(scores, block.top_k, dim=-1)
+        expected = {n: torch.zeros(block.num_experts, dtype=torch.float64) for n in STATISTICS}
+        for t in range(5):
+            for g, j in zip(gates[t].tolist(), index[t].tolist()):
+                inp = (g * x[t]).view(1, 1, -1)
+                gate, up = torch.bmm(inp, block.experts.gate_up_proj[j : j + 1]).chunk(2, dim=-1)
+                norm = torch.bmm(up * F.silu(gate), block.experts.down_proj[j : j + 1]).norm().item()
+                expected["count"][j] += 1
+                expected["gate_sum"][j] += g
+                expected["norm_sum"][j] += norm
+                expected["gate_norm_sum"][j] += norm  # the gate is inside f_j(g * x)
+    for name in STATISTICS:
+        torch.testing.assert_close(observer.stats[name], expected[name], rtol=1e-5, atol=1e-6)
+    assert not block.router._forward_hooks and not block.experts._forward_hooks

@@ -29,6 +29,7 @@ from . import (  # noqa: F401  (registration on import)
     kimi_linear,
     kolibri1,
     laguna,
+    llama4_text,
     mellum,
     mimo_v2_flash,
     minimax,
@@ -43,6 +44,7 @@ from . import (  # noqa: F401  (registration on import)
     qwen3_5_moe_text,
     qwen3_moe,
     qwen3_next,
+    qwen3_vl_moe_text,
     solar_open,
 )
 from .base import ADAPTERS, MoEAdapter, MoEBlock, find_blocks, get_adapter, text_config

@@ -39,6 +39,9 @@ class MoEAdapter:
         extra_tensors (`tuple[str]`): Other tensors with an expert dimension, as paths inside the block, with the
             dimension after a colon when it is not 0 (`"expert_bias"`, `"gate.moe_statics.e_score_correction_bias:1"`).
         shared (`tuple[str]`): Block attributes that are shared (always-on) experts, never pruned.
+        routing (`str`): `"experts_call"` (the default): the experts module is called as `experts(hidden,
+            top_k_index, top_k_weights)` with the gates the model applies; `"dense_scaled_input"`: Llama-4 style, the
+            router returns `[tokens, E]` gates (0 for unselected experts) that scale the input of every expert.
     """
 
     model_type: str
@@ -51,6 +54,7 @@ class MoEAdapter:
     router_weight: str = "weight"
     extra_tensors: tuple[str, ...] = ()
     shared: tuple[str, ...] = ()
+    routing: str = "experts_call"
 
     def expert_tensors(self) -> list[tuple[str, int]]:
         """Block-relative paths and expert dimensions of every router/extra tensor that carries an expert axis."""

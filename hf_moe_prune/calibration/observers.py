@@ -34,7 +34,12 @@ class ExpertObserver:
 
     def attach(self) -> None:
         experts = self.block.experts
-        if self.needs_outputs:
+        if self.block.adapter.routing == "dense_scaled_input":
+            self._handles = [
+                self.block.router.register_forward_hook(self._keep_router_scores),
+                experts.register_forward_hook(self._dense_outputs),
+            ]
+        elif self.needs_outputs:
             original = type(experts).forward.__get__(experts)
 
             def forward(hidden_states, top_k_index, top_k_weights, *args, **kwargs):
@@ -46,12 +51,31 @@ class ExpertObserver:
             self._handle = experts.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
 
     def detach(self) -> None:
+        for handle in getattr(self, "_handles", ()):
+            handle.remove()
+        self._handles = []
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
         if self._patched:
             del self.block.experts.forward
             self._patched = False
+
+    def _keep_router_scores(self, module, args, output):
+        self._scores = output[0]  # [tokens, E]: the gate of each selected expert, 0 elsewhere
+
+    def _dense_outputs(self, module, args, output):
+        # Llama-4 style: every expert runs on every token with its input scaled by its gate (0 when not selected),
+        # so the observed output f_j(g * x) of a selected expert already carries the gate the model applied.
+        scores = self._scores
+        tokens, num_experts = scores.shape
+        top_k_weights, top_k_index = torch.topk(scores.float(), self.block.top_k, dim=-1)
+        outputs = None
+        if self.needs_outputs:
+            per_expert = output.view(num_experts, tokens, -1)
+            outputs = per_expert[top_k_index.reshape(-1), torch.arange(tokens).repeat_interleave(self.block.top_k)]
+        self._record(top_k_index, top_k_weights, outputs, gated=True)
+        self._scores = None
 
     def _pre_hook(self, module, args, kwargs):
         top_k_index = args[1] if len(args) > 1 else kwargs["top_k_index"]
@@ -68,7 +92,7 @@ class ExpertObserver:
         return gated.sum(dim=1)
 
     @torch.no_grad()
-    def _record(self, top_k_index, top_k_weights, outputs) -> None:
+    def _record(self, top_k_index, top_k_weights, outputs, gated: bool = False) -> None:
         index = top_k_index.reshape(-1)
         gates = top_k_weights.reshape(-1).float()
         valid = index < self.stats.num_experts  # expert-parallel sentinels point past the last local expert
@@ -85,5 +109,5 @@ class ExpertObserver:
             if "norm_sum" in self.names:
                 stats.add_("norm_sum", index, norms)
             if "gate_norm_sum" in self.names:
-                stats.add_("gate_norm_sum", index, gates * norms)
+                stats.add_("gate_norm_sum", index, norms if gated else gates * norms)
         stats.tokens += top_k_index.shape[0]
