@@ -56,6 +56,11 @@ FAMILY_OVERRIDES: dict[str, dict[str, Any]] = {
     "olmoe": {"norm_topk_prob": False, "intermediate_size": 16},
     "mixtral": {"intermediate_size": 16},
     "dots3_note_text": {"num_key_value_heads": 4},
+    "jamba": {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 1, "expert_layer_offset": 0,
+              "use_mamba_kernels": False, "mamba_dt_rank": 8, "mamba_d_state": 8},
+    "granitemoehybrid": {"mamba_n_heads": 8, "mamba_d_head": 8, "mamba_d_state": 16, "mamba_chunk_size": 16},
+    "lfm2_moe": {"num_dense_layers": 1, "num_hidden_layers": 3},
+    "mistral4": {"qk_head_dim": 16, "head_dim": 16},
     "glm5_next_text": {"num_key_value_heads": 4},
 }
 

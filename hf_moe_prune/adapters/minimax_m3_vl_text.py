@@ -1,0 +1,15 @@
+"""minimax_m3_vl_text: router `gate`; fused routed experts `experts`; shared `shared_experts` left alone;
+`e_score_correction_bias` sliced with the router.
+"""
+
+from .base import ADAPTERS, MoEAdapter
+
+ADAPTERS.add(
+    "minimax_m3_vl_text",
+    MoEAdapter(
+        "minimax_m3_vl_text",
+        "MiniMaxM3VLSparseMoeBlock",
+        count_keys=("num_experts", "num_local_experts"),
+        shared=("shared_experts",),
+    ),
+)

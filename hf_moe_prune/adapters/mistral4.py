@@ -1,0 +1,13 @@
+"""mistral4: router `gate`; fused routed experts `experts`; shared `shared_experts` left alone."""
+
+from .base import ADAPTERS, MoEAdapter
+
+ADAPTERS.add(
+    "mistral4",
+    MoEAdapter(
+        "mistral4",
+        "Mistral4MoE",
+        count_keys=("num_local_experts", "n_routed_experts"),
+        shared=("shared_experts",),
+    ),
+)
