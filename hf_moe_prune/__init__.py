@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from .adapters import ADAPTERS, MoEAdapter, find_blocks  # noqa: E402
 from .api import apply_plan, prune  # noqa: E402
 from .config import MoEPruneConfig  # noqa: E402
+from .hub import push_to_hub  # noqa: E402
 from .integration import MoEPruneHfQuantizer, register  # noqa: E402
 from .methods import METHODS, register_method  # noqa: E402
 from .plan import BlockPlan, PrunePlan  # noqa: E402
@@ -28,6 +29,7 @@ __all__ = [
     "apply_plan",
     "find_blocks",
     "prune",
+    "push_to_hub",
     "register_method",
     "save_pruned",
 ]

@@ -245,7 +245,9 @@ def run_prune(args: argparse.Namespace) -> dict[str, Any]:
         _attach_quality(model, before, after)
     log(f"Saving to {output} ...")
     model.save_pretrained(output, overwrite=args.overwrite)
-    tokenizer.save_pretrained(output)
+    from .saving import save_tokenizer
+
+    save_tokenizer(tokenizer, output)
     report["safetensors_bytes"] = {"before": _disk(model_path), "after": _disk(str(output))}
     if push is not None:
         report["hub"] = push_model(push, model, args.push_to_hub, tokenizer)

@@ -39,7 +39,9 @@ def run_plan_apply(args: argparse.Namespace) -> dict[str, Any]:
     apply_plan(model, plan)
     after = sum(p.numel() for p in model.parameters())
     model.save_pretrained(args.output, overwrite=args.overwrite)
-    tokenizer.save_pretrained(args.output)
+    from .saving import save_tokenizer
+
+    save_tokenizer(tokenizer, args.output)
     report = {
         "plan": args.plan,
         "base_model": base,

@@ -70,7 +70,7 @@ class MoEPruneConfig(QuantizationConfigMixin):
         self.method = method
         self.ratio = ratio
         self.num_experts_to_keep = num_experts_to_keep
-        self.allocation = allocation
+        self.allocation = "uniform" if allocation is None else allocation
         self.compensation = compensation
         self.calibration = calibration
         self.num_samples = num_samples

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import functools
+import json
 import os
 import shutil
+import types
 import uuid
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from .plan import PrunePlan
 
 
 def attach_plan(model: nn.Module, plan: PrunePlan) -> None:
-    """Record `plan` on the model and its config, and make `model.save_pretrained` write everything atomically.
+    """Record `plan` on the model and its config; make `model.save_pretrained` write everything atomically, and
+    `model.push_to_hub` publish everything (card included) in one commit.
 
     A uniform plan leaves a stock config (the family's expert-count keys already patched) plus a `moe_pruning`
     metadata block. A non-uniform plan also needs `quantization_config` (`quant_method="moe_prune"` with the per-layer
@@ -33,15 +35,38 @@ def attach_plan(model: nn.Module, plan: PrunePlan) -> None:
         quantizer = getattr(model, "hf_quantizer", None)
         if quantizer is not None and isinstance(quantizer.quantization_config, MoEPruneConfig):
             quantizer.quantization_config = reload
+    # Bound methods, not closures: `copy.deepcopy(model)` rebinds them to the copy.
     if not getattr(model.save_pretrained, "_hf_moe_prune", False):
-        original = model.save_pretrained
+        model.save_pretrained = types.MethodType(_save_pretrained, model)
+    if not getattr(model.push_to_hub, "_hf_moe_prune", False):
+        # A bound method, not a closure: `copy.deepcopy(model)` then rebinds it to the copy.
+        model.push_to_hub = types.MethodType(_push_to_hub, model)
 
-        @functools.wraps(original)
-        def save_pretrained(save_directory, *args, overwrite: bool = False, **kwargs):
-            return save_pruned(model, save_directory, *args, overwrite=overwrite, _save=original, **kwargs)
 
-        save_pretrained._hf_moe_prune = True
-        model.save_pretrained = save_pretrained
+def _save_pretrained(
+    model: nn.Module, save_directory, *args, overwrite: bool = False, push_to_hub: bool = False, **kwargs
+) -> None:
+    """`save_pretrained` of a pruned model: atomic, with plan and card; see `hf_moe_prune.save_pruned`."""
+    # transformers' own push would upload the folder before the plan and card are in it: push ours after.
+    hub_keys = ("repo_id", "commit_message", "create_pr", "private", "token", "revision")
+    hub_kwargs = {key: kwargs.pop(key) for key in hub_keys if key in kwargs} if push_to_hub else {}
+    save_pruned(model, save_directory, *args, overwrite=overwrite, **kwargs)
+    if push_to_hub:
+        repo_id = hub_kwargs.pop("repo_id", None) or Path(save_directory).name
+        model.push_to_hub(repo_id, max_shard_size=kwargs.get("max_shard_size", "5GB"), **hub_kwargs)
+
+
+_save_pretrained._hf_moe_prune = True
+
+
+def _push_to_hub(model: nn.Module, repo_id: str, **kwargs):
+    """Upload this pruned model, its plan and model card in one commit; see `hf_moe_prune.push_to_hub`."""
+    from .hub import push_to_hub
+
+    return push_to_hub(model, repo_id, **kwargs)
+
+
+_push_to_hub._hf_moe_prune = True
 
 
 def _check_target(target: Path, overwrite: bool) -> None:
@@ -54,9 +79,7 @@ def _check_target(target: Path, overwrite: bool) -> None:
         )
 
 
-def save_pruned(
-    model: nn.Module, save_directory: str | os.PathLike, *args, overwrite: bool = False, _save=None, **kwargs
-) -> None:
+def save_pruned(model: nn.Module, save_directory: str | os.PathLike, *args, overwrite: bool = False, **kwargs) -> None:
     """Save a pruned model into `save_directory` atomically: weights, config, plan JSON and model card.
 
     Everything is first written into a temporary sibling folder, which then replaces the target in one rename, so an
@@ -72,7 +95,7 @@ def save_pruned(
 
     target = Path(save_directory).absolute()
     _check_target(target, overwrite)
-    save = _save or type(model).save_pretrained.__get__(model)
+    save = type(model).save_pretrained.__get__(model)  # transformers' own, not the wrapper on the instance
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
@@ -99,3 +122,18 @@ def _replace(tmp: Path, target: Path) -> None:
         os.replace(backup, target)
         raise
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def save_tokenizer(tokenizer, save_directory: str | os.PathLike) -> None:
+    """Save `tokenizer` so that transformers 4.57 loads it too (the ONNX Runtime exporter's window).
+
+    transformers 5 writes `"tokenizer_class": "TokenizersBackend"` for fast tokenizers, a class 4.57 does not know;
+    the same tokenizer file loads there as `PreTrainedTokenizerFast`.
+    """
+    tokenizer.save_pretrained(save_directory)
+    path = Path(save_directory) / "tokenizer_config.json"
+    if path.exists():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("tokenizer_class") == "TokenizersBackend":
+            data["tokenizer_class"] = "PreTrainedTokenizerFast"
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

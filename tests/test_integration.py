@@ -172,3 +172,29 @@ def test_other_auto_classes(checkpoints):
         checkpoints["qwen3_moe"], num_labels=3, pruning_config=_config(method="frequency")
     )
     assert [b.num_experts for b in find_blocks(model)] == [4, 4]
+
+
+def test_a_copy_of_a_pruned_model_saves_itself(checkpoints, tmp_path):
+    import copy
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoints["olmoe"], pruning_config=_config(method="frequency"))
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        clone.lm_head.weight.zero_()
+    clone.save_pretrained(tmp_path / "clone")
+    assert not _tensors(tmp_path / "clone")["lm_head.weight"].any()
+    assert (tmp_path / "clone" / "moe_pruning_plan.json").exists()
+
+
+def test_allocation_none_means_uniform():
+    assert MoEPruneConfig(allocation=None, num_experts_to_keep=3).allocation == "uniform"
+
+
+def test_saved_tokenizer_names_a_class_transformers_4_57_knows(tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    from hf_moe_prune.saving import save_tokenizer
+
+    save_tokenizer(tokenizer, tmp_path)
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert AutoTokenizer.from_pretrained(tmp_path)("experts")["input_ids"] == tokenizer("experts")["input_ids"]

@@ -1,0 +1,297 @@
+"""Publishing a pruned model on the Hugging Face Hub: every file and the model card in one commit.
+
+transformers' `PreTrainedModel.push_to_hub` would replace our README.md with its template card and upload the save
+folder before the plan and card are written, so this module does not go through it: it builds the whole repository
+in a temporary folder with the atomic `save_pruned`, then sends a single `HfApi.create_commit`. A commit is atomic on
+the Hub, so a failed push leaves the repository as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, constants
+
+from .plan import PrunePlan
+from .saving import save_tokenizer
+
+logger = logging.getLogger(__name__)
+
+# Files a previous push may have left that this push replaces: stale shards would otherwise stay beside new weights.
+_OWNED = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model*.bin",
+    "modeling_pruned.py",
+    "configuration_pruned.py",
+)
+
+
+class PushToHubError(RuntimeError):
+    """Publishing failed on the network or on the Hub's side; no partial upload is left (the message says the fix)."""
+
+
+def push_to_hub(
+    model,
+    repo_id: str,
+    *,
+    tokenizer=None,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    token: str | bool | None = None,
+    create_pr: bool = False,
+    max_shard_size: int | str = "5GB",
+    quality: Any = None,
+    remote_code: bool = False,
+    tags: list[str] | None = None,
+) -> CommitInfo:
+    """Upload a pruned model to the Hub in one commit: weights, config, plan JSON, tokenizer and model card.
+
+    Args:
+        model (`PreTrainedModel`): A model pruned by `hf_moe_prune` (it carries `moe_pruning_plan`).
+        repo_id (`str`): `namespace/name` (or `name` in your own namespace); created if missing.
+        tokenizer (*optional*): Saved into the repo as well.
+        private (`bool`, *optional*): Visibility of a newly created repo (an existing repo keeps its visibility).
+        revision (`str`, *optional*): Branch to commit to; created from `main` when it does not exist.
+        commit_message (`str`, *optional*): Defaults to "Upload pruned MoE model (<method>, ...)".
+        commit_description (`str`, *optional*): Commit (or pull request) description.
+        token (`str` or `bool`, *optional*): Hub token; defaults to `HF_TOKEN` or the saved login.
+        create_pr (`bool`, *optional*, defaults to `False`): Open a pull request instead of committing directly.
+        max_shard_size (`int` or `str`, *optional*, defaults to `"5GB"`): Larger weights are split into shards.
+        quality (*optional*): Measured quality for the card (see `hf_moe_prune.card.format_quality`); defaults to
+            what `hf_moe_prune.card.attach_quality` recorded on the model.
+        remote_code (`bool`, *optional*, defaults to `False`): For non-uniform plans, also publish
+            `modeling_pruned.py`/`configuration_pruned.py` so that `from_pretrained(repo, trust_remote_code=True)`
+            loads the model with plain transformers, without hf_moe_prune. Uniform plans need no code (ignored).
+        tags (`list[str]`, *optional*): Extra tags for the card.
+
+    Returns:
+        `CommitInfo`: the commit (its `pr_url` when `create_pr=True`).
+
+    Raises:
+        `PushToHubError`: the Hub could not be reached or refused the request (chained from the client's error).
+    """
+    from .card import write_model_card
+    from .saving import save_pruned
+
+    plan: PrunePlan | None = getattr(model, "moe_pruning_plan", None)
+    if plan is None:
+        raise ValueError(
+            "This model carries no pruning plan: prune it first (hf_moe_prune.prune, or from_pretrained with "
+            "pruning_config=), or push an unpruned model with transformers' own push_to_hub."
+        )
+    remote_code = remote_code and not plan.is_uniform  # a uniform plan is a stock checkpoint: no code needed
+    if remote_code:
+        _check_remote_code(model)
+    api = HfApi(token=token)
+    with _hub_errors(repo_id, api.endpoint, "creating the repository"):
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory(prefix="hf_moe_prune_push_") as tmp:
+        folder = Path(tmp) / "repo"
+        save_pruned(model, folder, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            save_tokenizer(tokenizer, folder)
+        if remote_code:
+            write_remote_code(folder, model, plan)
+        write_model_card(folder, plan, model, repo_id=repo_id, remote_code=remote_code, quality=quality, tags=tags)
+        if commit_message is None:
+            counts = [b.num_kept for b in plan.blocks]
+            kept = f"{counts[0]} experts per MoE layer" if plan.is_uniform else f"per-layer expert counts {counts}"
+            commit_message = f"Upload pruned MoE model ({plan.method}, {kept})"
+        return _commit_folder(api, folder, repo_id, revision, commit_message, commit_description, create_pr)
+
+
+def _commit_folder(api: HfApi, folder: Path, repo_id, revision, message, description, create_pr) -> CommitInfo:
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    operations: list = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f)) for f in files]
+    with _hub_errors(repo_id, api.endpoint, "committing"):
+        if revision and revision != constants.DEFAULT_REVISION and not revision.startswith("refs/pr/"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        remote = api.list_repo_files(repo_id, revision=revision)
+        stale = [f for f in remote if f not in files and any(fnmatch.fnmatch(f, p) for p in _OWNED)]
+        operations += [CommitOperationDelete(path_in_repo=f) for f in stale]
+        info = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=message,
+            commit_description=description,
+            revision=revision,
+            create_pr=create_pr,
+        )
+    logger.info("Pushed %d files to %s: %s", len(files), repo_id, info.pr_url or info.commit_url)
+    return info
+
+
+@contextlib.contextmanager
+def _hub_errors(repo_id: str, endpoint: str, stage: str):
+    """Turn the client's network and HTTP errors into one `PushToHubError` that names the repo, endpoint and fix."""
+    try:
+        yield
+    except _network_errors() as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status in (401, 403):
+            fix = (
+                "The Hub refused the token: check that HF_TOKEN (or `hf auth login`, or token=) holds a token with "
+                f"write access to {repo_id.split('/')[0]!r}."
+            )
+        elif status is not None:
+            fix = "The Hub answered with an error; retry later, and check the repo id, revision and HF_TOKEN."
+        else:
+            fix = "The Hub could not be reached: check the network (proxy, HF_ENDPOINT, HF_HUB_OFFLINE) and HF_TOKEN."
+        lines = str(err).strip().splitlines()
+        detail = getattr(err, "server_message", None) or (lines[0] if lines else type(err).__name__)
+        raise PushToHubError(
+            f"Pushing to {repo_id!r} at {endpoint} failed while {stage}{f' (HTTP {status})' if status else ''}: "
+            f"{detail.strip()}\n"
+            f"{fix} The upload is one commit, so the repo holds no partial upload; run the push again."
+        ) from err
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Errors of the HTTP stack under huggingface_hub (httpx2 in 2.x, httpx or requests before), plus OSError,
+    the base of `HfHubHTTPError`, `OfflineModeIsEnabled` and socket errors."""
+    import importlib
+
+    errors: list[type[BaseException]] = [OSError]
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+# --- remote code for non-uniform plans ---------------------------------------------------------------------------
+
+_CONFIG_CODE = '''"""{config} of a model whose MoE layers keep different numbers of routed experts.
+
+Per-layer counts are in `experts_per_layer`. Written by hf_moe_prune; loading needs only transformers:
+`from_pretrained(repo, trust_remote_code=True)`.
+"""
+
+from transformers import {config}
+
+
+class Pruned{config}({config}):
+    pass
+'''
+
+_MODELING_CODE = '''"""{model} whose MoE layers keep different numbers of routed experts, pruned by hf_moe_prune.
+
+Loading needs only transformers and torch: `AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True)`.
+The stock model is built from the config, then, before the weights load, every expert tensor listed in
+`config.pruned_tensors` is cut to its pruned size along its expert axis, and the expert counts the modules keep as
+attributes are set from `config.pruned_attributes`. The checkpoint holds the kept experts numbered from 0.
+"""
+
+from torch import nn
+from transformers import {model}
+
+from .configuration_pruned import Pruned{config}
+
+
+class Pruned{model}({model}):
+    config_class = Pruned{config}
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # transformers skips the family's checkpoint key conversions (renames, expert fusion) for custom code, but
+        # this is the stock modeling with other expert counts: the checkpoint needs exactly those conversions.
+        return False
+
+    def __init__(self, config):
+        super().__init__(config)
+        for name, (dim, size) in config.pruned_tensors.items():
+            module_name, _, attr = name.rpartition(".")
+            module = self.get_submodule(module_name)
+            tensor = getattr(module, attr)
+            new = tensor.data.narrow(dim, 0, size).contiguous()
+            if attr in module._parameters:
+                module._parameters[attr] = nn.Parameter(new, requires_grad=tensor.requires_grad)
+            else:
+                module._buffers[attr] = new
+        for name, values in config.pruned_attributes.items():
+            module = self.get_submodule(name)
+            for key, value in values.items():
+                setattr(module, key, value)
+'''
+
+
+def _check_remote_code(model) -> None:
+    import transformers
+
+    model_class, config_class = type(model).__name__, type(model.config).__name__
+    if not model_class.endswith("ForCausalLM") or not hasattr(transformers, model_class):
+        raise ValueError(
+            f"remote_code=True publishes a *ForCausalLM model of a transformers family; got {model_class}. Load the "
+            "model with AutoModelForCausalLM, or publish without remote_code (loading then needs hf_moe_prune)."
+        )
+    if not hasattr(transformers, config_class):
+        raise ValueError(f"remote_code=True needs a transformers config class; {config_class} is not one.")
+
+
+def _pruned_layout(model) -> tuple[dict[str, list[int]], dict[str, dict[str, int]]]:
+    """How `model` differs from the stock model its config builds: `{tensor: [expert axis, size]}` and
+    `{module: {int attribute: value}}`. Found by building that stock model on the meta device and comparing, so the
+    published code needs no knowledge of the family's layout."""
+    with torch.device("meta"):
+        stock = type(model)(copy.deepcopy(model.config))
+    pruned = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    tensors = {}
+    for name, tensor in [*stock.named_parameters(), *stock.named_buffers()]:
+        if pruned[name].shape != tensor.shape:
+            dims = [d for d, (a, b) in enumerate(zip(tensor.shape, pruned[name].shape)) if a != b]
+            if len(dims) != 1 or pruned[name].ndim != tensor.ndim:
+                raise ValueError(
+                    f"remote_code=True: {name} has shape {tuple(pruned[name].shape)}, not a cut of the stock "
+                    f"{tuple(tensor.shape)} along one axis (a quantized model?); publish without remote_code."
+                )
+            tensors[name] = [dims[0], int(pruned[name].shape[dims[0]])]
+    modules, attributes = dict(model.named_modules()), {}
+    for name, module in stock.named_modules():
+        changed = {
+            key: value
+            for key, value in vars(modules[name]).items()
+            if type(value) is int and vars(module).get(key, value) != value
+        }
+        if changed:
+            attributes[name] = changed
+    return tensors, attributes
+
+
+def write_remote_code(folder: str | os.PathLike, model, plan: PrunePlan) -> None:
+    """Make the saved non-uniform checkpoint in `folder` loadable with `trust_remote_code=True` and no hf_moe_prune.
+
+    Writes `configuration_pruned.py` and `modeling_pruned.py` (subclasses of the family's config and `*ForCausalLM`
+    that cut each expert tensor to its pruned size), and points `auto_map` at them in config.json.
+    `quantization_config` is dropped: its `quant_method` is unknown to transformers and other runtimes without
+    hf_moe_prune.
+    """
+    folder = Path(folder)
+    names = {"model": type(model).__name__, "config": type(model.config).__name__}
+    tensors, attributes = _pruned_layout(model)
+    (folder / "configuration_pruned.py").write_text(_CONFIG_CODE.format(**names), encoding="utf-8")
+    (folder / "modeling_pruned.py").write_text(_MODELING_CODE.format(**names), encoding="utf-8")
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config.pop("quantization_config", None)
+    config["experts_per_layer"] = plan.experts_per_layer  # for readers; the code uses the two entries below
+    config["pruned_tensors"] = tensors
+    config["pruned_attributes"] = attributes
+    config["architectures"] = [f"Pruned{names['model']}"]
+    config["auto_map"] = {
+        "AutoConfig": f"configuration_pruned.Pruned{names['config']}",
+        "AutoModelForCausalLM": f"modeling_pruned.Pruned{names['model']}",
+    }
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
