@@ -16,6 +16,7 @@ TOP_K_KEYS = ("num_experts_per_tok", "moe_k", "moe_topk", "num_experts_per_token
 
 COMMON: dict[str, Any] = {
     "vocab_size": VOCAB_SIZE,
+    "unpadded_vocab_size": VOCAB_SIZE,  # inkling2 (transformers >= 5.24) pads the LM head from this size
     "hidden_size": 32,
     "intermediate_size": 32,
     "moe_intermediate_size": 16,
