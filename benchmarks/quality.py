@@ -48,13 +48,19 @@ def run_fixture(name: str, args) -> str:
     cells = " | ".join(f"{full.domains[d].perplexity:.2f}" for d in DOMAINS)
     lines.append(f"| full model | 0 | — | {cells} | {full.overall.perplexity:.2f} | 0 | 1.000 | — |")
     for ratio in args.ratios:
-        for method in args.methods:
+        for spec in args.methods:
+            # "method", or "method+allocation" / "method+allocation+compensation" (e.g. reap+global+fisher)
+            method, allocation, compensation = ([*spec.split("+"), None, None])[:3]
             calibs = ["none"] if not METHODS.get(method).needs_calibration else args.calibrations
+            if allocation or compensation or METHODS.get(method).fit is not None:
+                calibs = [c for c in calibs if c == "mixed"] or calibs[:1]
             for calib in calibs:
                 model = copy.deepcopy(reference)
                 config = MoEPruneConfig(
                     method=method,
                     ratio=ratio,
+                    allocation=allocation or None,
+                    compensation=compensation or None,
                     calibration=None if calib == "none" else calibration_sets([calib])[calib],
                     num_samples=args.num_samples,
                     seq_len=args.seq_len,
@@ -66,7 +72,7 @@ def run_fixture(name: str, args) -> str:
                 res = evaluate(model, tokenizer, eval_texts, reference=reference, **kwargs)
                 cells = " | ".join(f"{res.domains[d].perplexity:.2f}" for d in DOMAINS)
                 lines.append(
-                    f"| {method} | {ratio} | {calib} | {cells} | {res.overall.perplexity:.2f} | "
+                    f"| {spec} | {ratio} | {calib} | {cells} | {res.overall.perplexity:.2f} | "
                     f"{res.overall.kl:.4f} | {res.overall.top1_agreement:.3f} | {seconds:.1f} |"
                 )
                 print(lines[-1], flush=True)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Callable
 
 import torch
 
 from .adapters import MoEBlock
 from .config import MoEPruneConfig
+from .registry import Registry
 
 
 def is_ignored(block: MoEBlock, ignore: list[str | int]) -> bool:
@@ -44,6 +46,8 @@ def keep_counts(blocks: list[MoEBlock], config: MoEPruneConfig) -> dict[str, int
             keep = int(allocation[i])
         elif per_layer:
             keep = int(per_layer.get(block.layer_idx, num))
+        elif isinstance(allocation, str) and allocation != "uniform":
+            keep = num  # adaptive: decided after scoring by `allocate`; `check_budget` checks feasibility
         elif config.num_experts_to_keep is not None:
             keep = int(config.num_experts_to_keep)
         else:
@@ -97,3 +101,178 @@ def select_experts(scores: torch.Tensor, keep: int, n_group: int = 1) -> list[in
         )
     order = torch.sort(scores.double(), descending=True, stable=True).indices
     return sorted(order[:keep].tolist())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Allocation strategies: named, registered, combinable with any scoring method.
+#
+# An allocator is `allocate(blocks, scores, budget, context) -> {block name: keep count}`; `scores` are the method's
+# per-expert scores (higher = keep), `budget` the exact total number of experts to keep over the allocated blocks.
+# Every allocator returns counts that respect each layer's floor (≥ top-k and the expert-group rules) and sum to
+# `budget` exactly; `fit_budget` does the rounding repair.
+
+ALLOCATIONS: Registry[Callable] = Registry("allocation")
+
+
+def total_budget(blocks: list[MoEBlock], config: MoEPruneConfig) -> int:
+    """Experts kept over all `blocks`: total − floor(ratio × total), or num_experts_to_keep per layer."""
+    total = sum(b.num_experts for b in blocks)
+    if config.num_experts_to_keep is not None:
+        return sum(min(int(config.num_experts_to_keep), b.num_experts) for b in blocks)
+    return total - math.floor(config.ratio * total + 1e-9)
+
+
+def layer_floor(block: MoEBlock) -> int:
+    """Fewest experts a layer can keep: top-k, and with expert groups a multiple of n_group with ≥ 2 per group whose
+    `topk_group` groups still hold top-k experts."""
+    n_group, topk_group = block.groups
+    if n_group <= 1:
+        return block.top_k
+    per_group = max(2, math.ceil(block.top_k / max(topk_group, 1)))
+    return min(block.num_experts, n_group * per_group)
+
+
+def fit_budget(blocks: list[MoEBlock], desired: dict[str, float], budget: int) -> dict[str, int]:
+    """Integer keep counts closest to `desired` with every floor/ceiling/group step respected and sum == `budget`.
+
+    Rounds, clamps, then moves one step (n_group experts, or 1) at a time into the layer furthest below its desired
+    count, or out of the layer furthest above it, until the budget is met exactly.
+
+    Raises:
+        `ValueError`: the budget is below the sum of the floors, above the total, or not reachable in group steps.
+    """
+    lo = {b.name: layer_floor(b) for b in blocks}
+    hi = {b.name: b.num_experts for b in blocks}
+    step = {b.name: max(1, b.groups[0]) for b in blocks}
+    if not sum(lo.values()) <= budget <= sum(hi.values()):
+        raise ValueError(
+            f"cannot keep {budget} experts in total: the layers need at least {sum(lo.values())} (top-k floors) "
+            f"and have {sum(hi.values())}."
+        )
+    counts = {}
+    for b in blocks:
+        s = step[b.name]
+        c = s * round(desired[b.name] / s)
+        counts[b.name] = min(hi[b.name], max(lo[b.name], c))
+    for _ in range(4 * sum(hi.values()) + 8):
+        diff = budget - sum(counts.values())
+        if diff == 0:
+            break
+        sign = 1 if diff > 0 else -1
+        movable = [n for n in counts if lo[n] <= counts[n] + sign * step[n] <= hi[n]]
+        # a step no larger than the gap if possible; else overshoot with a group step and come back with single ones
+        cands = [n for n in movable if step[n] <= abs(diff)] or movable
+        if not cands:
+            break
+        key = (lambda n: desired[n] - counts[n]) if sign > 0 else (lambda n: counts[n] - desired[n])
+        best = max(cands, key=lambda n: (key(n), -list(counts).index(n)))
+        counts[best] += sign * step[best]
+    if sum(counts.values()) != budget:
+        raise ValueError(f"cannot meet the global budget of {budget} experts exactly in the layers' group steps.")
+    return counts
+
+
+def _global_rank(blocks, normalized: dict[str, torch.Tensor], budget: int) -> dict[str, int]:
+    """Counts from ranking all experts of all layers together: floors first, then the best remaining scores."""
+    lo = {b.name: layer_floor(b) for b in blocks}
+    counts = dict(lo)
+    rest = []
+    for b in blocks:
+        order = torch.sort(normalized[b.name].double(), descending=True, stable=True).values
+        rest += [(float(v), b.name) for v in order[lo[b.name] :]]
+    rest.sort(key=lambda t: -t[0])  # stable: ties keep layer order
+    for _, name in rest[: max(0, budget - sum(lo.values()))]:
+        counts[name] += 1
+    return fit_budget(blocks, {k: float(v) for k, v in counts.items()}, budget)
+
+
+@ALLOCATIONS.register("uniform")
+def uniform_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
+    """Today's behaviour: every layer removes floor(ratio × E_l) (rounded to whole expert groups). The total is the
+    exact global budget whenever ratio × E_l is whole (and layers have equal E); otherwise per-layer rounding can
+    keep a few experts more than `budget`, kept as is for reproducibility of existing plans."""
+    config = (context or {}).get("config")
+    if config is None:
+        total = sum(b.num_experts for b in blocks)
+        return fit_budget(blocks, {b.name: budget * b.num_experts / total for b in blocks}, budget)
+    return keep_counts(blocks, config)
+
+
+@ALLOCATIONS.register("global")
+def global_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
+    """Scores normalized per layer (divided by the layer's mean, so every layer's scores average 1 and layers with
+    a few dominant experts give up their weak ones first), then ranked across layers under one budget."""
+    normalized = {}
+    for b in blocks:
+        s = scores[b.name].double().clamp(min=0)
+        normalized[b.name] = s / s.mean() if float(s.sum()) > 0 else torch.ones_like(s)
+    return _global_rank(blocks, normalized, budget)
+
+
+@ALLOCATIONS.register("learned")
+def learned_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
+    """Raw scores ranked across layers (for methods whose scores are already comparable between layers, e.g. DiEP's
+    learned σ(α + β) keep probabilities)."""
+    return _global_rank(blocks, {b.name: scores[b.name] for b in blocks}, budget)
+
+
+@ALLOCATIONS.register("outlier")
+def outlier_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
+    """COMPEL's layer importance, read as OWL (Yin et al. 2024): layers with more weight outliers keep more experts.
+
+    For each layer, the Wanda metric `A_ab = |W_ab| · ||X_b||_2` over the experts' gate/up weights (X = the block's
+    input on the calibration tokens; all tokens, not only the routed ones, which is ours), the outlier ratio
+    `D_l = #{A > M · mean(A)} / #A` (M = 3), the density `d_l = (D_l − min D)/(max D − min D) · 2λ − mean + keep`
+    (λ = 0.08, OWL's defaults), and `keep_l = d_l · E_l`, repaired to the exact budget with the per-layer floors.
+    Without calibration inputs (`context` lacks `input_norms`) it falls back to the weight magnitudes alone.
+    """
+    hyper_m = float((context or {}).get("outlier_m", 3.0))
+    lam = float((context or {}).get("outlier_lambda", 0.08))
+    norms = (context or {}).get("input_norms", {})
+    ratios = []
+    for b in blocks:
+        weight = b.experts.gate_up_proj.detach().float().abs()  # [E, 2I, H]
+        xnorm = norms.get(b.name)
+        metric = weight * xnorm.to(weight.device).float().view(1, 1, -1) if xnorm is not None else weight
+        ratios.append(float((metric > hyper_m * metric.mean()).float().mean()))
+    d = torch.tensor(ratios, dtype=torch.float64)
+    total = sum(b.num_experts for b in blocks)
+    keep = budget / total
+    if float(d.max() - d.min()) > 0:
+        d = (d - d.min()) / (d.max() - d.min()) * 2 * lam
+        d = d - d.mean() + keep
+    else:
+        d = torch.full_like(d, keep)
+    if context is not None:
+        context["outlier_ratios"] = {b.name: r for b, r in zip(blocks, ratios, strict=True)}
+    return fit_budget(blocks, {b.name: float(d[i]) * b.num_experts for i, b in enumerate(blocks)}, budget)
+
+
+def allocate(
+    blocks: list[MoEBlock], scores: dict[str, torch.Tensor], config: MoEPruneConfig, context: dict | None = None
+) -> dict[str, int]:
+    """Keep counts for every block: explicit counts as given, ignored layers whole, the rest from the allocator."""
+    if not isinstance(config.allocation, str) or config.allocation == "uniform":
+        return keep_counts(blocks, config)
+    active = [b for b in blocks if not is_ignored(b, config.ignore)]
+    counts = {b.name: b.num_experts for b in blocks}
+    if active:
+        counts.update(ALLOCATIONS.get(config.allocation)(active, scores, total_budget(active, config), context))
+    for b in active:
+        _check_groups(b, counts[b.name])
+    return counts
+
+
+def check_budget(blocks: list[MoEBlock], config: MoEPruneConfig) -> None:
+    """Before calibration: the allocation exists and the global budget can be met with every layer's floor."""
+    if isinstance(config.allocation, str) and config.allocation != "uniform":
+        ALLOCATIONS.get(config.allocation)
+        active = [b for b in blocks if not is_ignored(b, config.ignore)]
+        if active:
+            budget = total_budget(active, config)
+            floors = sum(layer_floor(b) for b in active)
+            if budget < floors:
+                raise ValueError(
+                    f"ratio={config.ratio} keeps {budget} experts in total but the layers need at least {floors} "
+                    "(each keeps at least top-k): use a smaller ratio."
+                )

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from .adapters import MoEBlock, find_blocks, get_adapter, text_config
-from .allocation import keep_counts, select_experts
+from .allocation import allocate, check_budget, keep_counts, select_experts
 from .calibration import LayerStats, calibration_rows, collect_stats, describe
-from .compensation import COMPENSATIONS
+from .compensation import COMPENSATIONS, CompensationContext, collect_block_inputs, needs_inputs
 from .config import MoEPruneConfig
 from .methods import METHODS, ScoringMethod
 from .plan import BlockPlan, PrunePlan
@@ -62,6 +62,7 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
     """
     blocks = find_blocks(model, get_adapter(model))
     counts = keep_counts(blocks, config)
+    check_budget(blocks, config)
     method = METHODS.get(config.method)
     rows = None
     if method.needs_calibration:
@@ -79,16 +80,36 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
         stats = collect_stats(model, job.blocks, method.requires, job.rows, config.batch_size, progress=progress)
     else:
         stats = {b.name: LayerStats(b.num_experts) for b in job.blocks}
+    fitted = None
+    if method.fit is not None and job.rows is not None:
+        fitted = method.fit(model, job.blocks, job.rows, config, progress=progress)
+    context: dict[str, Any] = {"config": config}
+    inputs = None
+    wants_inputs = needs_inputs(config.compensation)
+    if job.rows is not None and (wants_inputs or config.allocation == "outlier"):
+        inputs, context["input_norms"] = collect_block_inputs(
+            model, job.blocks, job.rows, config.batch_size, seed=config.seed
+        )
+        if not wants_inputs:
+            inputs = None
     seconds = time.perf_counter() - start
     generator = torch.Generator().manual_seed(config.seed)
-    plan_blocks = []
+    all_scores = {}
     for block in job.blocks:
-        scores = method.score(stats[block.name], generator, **config.method_kwargs).double().cpu()
+        if fitted is not None:
+            scores = fitted[block.name].double().cpu()
+        else:
+            scores = method.score(stats[block.name], generator, **config.method_kwargs).double().cpu()
         if scores.shape != (block.num_experts,):
             raise RuntimeError(
                 f"method {method.name!r} returned scores of shape {tuple(scores.shape)} for {block.name}"
             )
-        kept = select_experts(scores, job.counts[block.name], block.groups[0])
+        all_scores[block.name] = scores
+    counts = allocate(job.blocks, all_scores, config, context)
+    plan_blocks = []
+    for block in job.blocks:
+        scores = all_scores[block.name]
+        kept = select_experts(scores, counts[block.name], block.groups[0])
         plan_blocks.append(BlockPlan(block.name, block.layer_idx, block.num_experts, kept, scores.tolist()))
     calibration = {"source": describe(config.calibration)}
     if job.rows is not None:
@@ -105,7 +126,7 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
         stats_seconds=round(seconds, 3),
     )
     before = sum(p.numel() for p in model.parameters())
-    apply_plan(model, plan, stats=stats, compensation=config.compensation)
+    apply_plan(model, plan, stats=stats, compensation=config.compensation, inputs=inputs)
     plan.parameters = {"before": before, "after": sum(p.numel() for p in model.parameters())}
     return plan
 
@@ -137,9 +158,16 @@ def prune(
 
 
 def apply_plan(
-    model: torch.nn.Module, plan: PrunePlan, stats: dict[str, LayerStats] | None = None, compensation: str = "none"
+    model: torch.nn.Module,
+    plan: PrunePlan,
+    stats: dict[str, LayerStats] | None = None,
+    compensation: str = "none",
+    inputs: dict[str, torch.Tensor] | None = None,
 ) -> torch.nn.Module:
-    """Reshape `model` to the experts `plan` keeps (no calibration needed), patch its config and remember the plan."""
+    """Reshape `model` to the experts `plan` keeps (no calibration needed), patch its config and remember the plan.
+
+    `compensation` runs on each block before it is sliced, with its `stats` and calibration `inputs` if given.
+    """
     from .saving import attach_plan
 
     blocks = {b.name: b for b in find_blocks(model)}
@@ -152,7 +180,11 @@ def apply_plan(
             raise ValueError(
                 f"{block.name} has {block.num_experts} experts but the plan was made for {block_plan.num_experts}."
             )
-        compensate(block, block_plan.kept, None if stats is None else stats.get(block.name))
+        context = CompensationContext(
+            stats=None if stats is None else stats.get(block.name),
+            inputs=None if inputs is None else inputs.get(block.name),
+        )
+        compensate(block, block_plan.kept, context)
         slice_block(block, block_plan.kept)
     counts = {b.num_kept for b in plan.blocks}
     adapter = get_adapter(model)

@@ -29,10 +29,15 @@ class MoEPruneConfig(QuantizationConfigMixin):
         num_experts_to_keep (`int`, *optional*):
             Number of routed experts each layer keeps (instead of `ratio`).
         allocation (`str`, `list[int]` or `dict[int, int]`, *optional*, defaults to `"uniform"`):
-            How many experts each MoE layer keeps: `"uniform"` (the same in every layer), or explicit per-layer keep
-            counts, as a list in MoE-layer order or a dict `{decoder_layer_index: count}`.
-        compensation (`str`, *optional*, defaults to `"none"`):
-            Adjustment of the kept experts after pruning (`"none"`).
+            How many experts each MoE layer keeps: a registered allocation (`hf_moe_prune.ALLOCATIONS`: `"uniform"`,
+            the same in every layer; `"global"`, per-layer-normalized scores ranked across layers; `"outlier"`,
+            COMPEL's OWL-style layer outlier ratios; `"learned"`, scores already comparable across layers, as DiEP's),
+            or explicit per-layer keep counts, as a list in MoE-layer order or a dict `{decoder_layer_index: count}`.
+            The adaptive allocations keep exactly `total − floor(ratio × total)` experts over the model, each layer
+            at least top-k. Defaults to the method's own (`uniform` except for `compel`/`diep`).
+        compensation (`str`, *optional*):
+            Adjustment of the kept experts after pruning: `"none"`, `"merge"`, `"fisher"`. Defaults to the method's
+            own (`none` except for `compel`).
         calibration (*optional*):
             Calibration data: a list of strings, a `datasets.Dataset` (column `text`), a path to a `.txt`/`.jsonl` file
             or a folder of them, an iterable of strings, a tensor of token ids (`[rows, seq_len]`, or 1-D, packed),
@@ -53,8 +58,8 @@ class MoEPruneConfig(QuantizationConfigMixin):
         method: str = "reap",
         ratio: float | None = None,
         num_experts_to_keep: int | None = None,
-        allocation: str | list[int] | dict[int, int] = "uniform",
-        compensation: str = "none",
+        allocation: str | list[int] | dict[int, int] | None = None,
+        compensation: str | None = None,
         calibration: Any = None,
         num_samples: int = 128,
         seq_len: int = 512,
@@ -70,7 +75,7 @@ class MoEPruneConfig(QuantizationConfigMixin):
         self.method = method
         self.ratio = ratio
         self.num_experts_to_keep = num_experts_to_keep
-        self.allocation = "uniform" if allocation is None else allocation
+        self.allocation = allocation
         self.compensation = compensation
         self.calibration = calibration
         self.num_samples = num_samples
@@ -94,16 +99,21 @@ class MoEPruneConfig(QuantizationConfigMixin):
 
     def post_init(self) -> None:
         """Check every field and raise a `ValueError` that names the problem and the fix."""
+        from .allocation import ALLOCATIONS
         from .compensation import COMPENSATIONS
         from .methods import METHODS
 
-        METHODS.get(self.method)  # raises with the list of methods
+        method = METHODS.get(self.method)  # raises with the list of methods
+        if self.allocation is None:  # the method's own default (uniform for scoring-only methods)
+            self.allocation = method.default_allocation
+        if self.compensation is None:
+            self.compensation = method.default_compensation
         COMPENSATIONS.get(self.compensation)
         explicit = not isinstance(self.allocation, str)
-        if isinstance(self.allocation, str) and self.allocation != "uniform":
+        if isinstance(self.allocation, str) and self.allocation.lower() not in ALLOCATIONS.names():
             raise ValueError(
-                f"allocation={self.allocation!r} is not supported; use 'uniform' or explicit per-layer keep counts "
-                "(a list in MoE-layer order or a dict {layer_index: count})."
+                f"allocation={self.allocation!r} is not supported; use one of {ALLOCATIONS.names()} or explicit "
+                "per-layer keep counts (a list in MoE-layer order or a dict {layer_index: count})."
             )
         if explicit:
             counts = self.allocation.values() if isinstance(self.allocation, dict) else self.allocation

@@ -38,7 +38,7 @@ def test_per_layer_allocation_round_trips():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"method": "magic", "ratio": 0.5}, "Unknown pruning method 'magic'. Supported: ean, frequency"),
+        ({"method": "magic", "ratio": 0.5}, "Unknown pruning method 'magic'. Supported: compel, diep, ean, frequency"),
         ({"ratio": 1.5}, "ratio must be a number in (0, 1)"),
         ({"ratio": 0}, "ratio must be a number in (0, 1)"),
         ({"ratio": -0.1}, "ratio must be a number in (0, 1)"),
@@ -46,7 +46,7 @@ def test_per_layer_allocation_round_trips():
         ({}, "Say how much to prune"),
         ({"ratio": 0.5, "num_experts_to_keep": 4}, "Give only one of"),
         ({"num_experts_to_keep": 0}, "num_experts_to_keep must be a positive integer"),
-        ({"allocation": "global"}, "allocation='global' is not supported"),
+        ({"allocation": "magic"}, "allocation='magic' is not supported"),
         ({"allocation": [4, 0]}, "allocation counts must be positive integers"),
         ({"ratio": 0.5, "seq_len": 0}, "seq_len must be a positive integer"),
         ({"ratio": 0.5, "compensation": "magic"}, "Unknown compensation 'magic'"),

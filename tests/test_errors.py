@@ -23,7 +23,9 @@ def no_calibration(monkeypatch):
 
 
 def test_unknown_method_through_from_pretrained(checkpoints):
-    with pytest.raises(ValueError, match="Unknown pruning method 'magic'. Supported: ean, frequency, random, reap"):
+    with pytest.raises(
+        ValueError, match="Unknown pruning method 'magic'. Supported: compel, diep, ean, frequency, random, reap"
+    ):
         AutoModelForCausalLM.from_pretrained(
             checkpoints["qwen3_moe"], pruning_config={"method": "magic", "ratio": 0.5}
         )

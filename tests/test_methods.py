@@ -20,7 +20,9 @@ def test_method_contract(method, family):
     plans = []
     for _ in range(2):
         model = tiny_model(family)
-        config = MoEPruneConfig(method=method, ratio=0.25, calibration=ROWS, batch_size=4, seed=3)
+        config = MoEPruneConfig(
+            method=method, ratio=0.25, allocation="uniform", calibration=ROWS, batch_size=4, seed=3
+        )
         plans.append(hf_moe_prune.prune(model, config, progress=False))
     first, second = plans
     assert [b.kept for b in first.blocks] == [b.kept for b in second.blocks]  # deterministic

@@ -1,6 +1,6 @@
 """Expert scoring methods, one module each, registered on import in `METHODS`."""
 
-from . import ean, frequency, random, reap, soft_count  # noqa: F401  (registration on import)
+from . import compel, diep, ean, frequency, random, reap, soft_count  # noqa: F401  (registration on import)
 from .base import METHODS, OUTPUT_STATISTICS, STATISTICS, ScoringMethod, register_method
 
 __all__ = ["METHODS", "OUTPUT_STATISTICS", "STATISTICS", "ScoringMethod", "register_method"]

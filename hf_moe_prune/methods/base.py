@@ -28,22 +28,37 @@ class ScoringMethod:
         requires (`frozenset[str]`): Statistics (see `STATISTICS`) the calibration must collect; empty = data-free.
         score (`Callable`): `score(stats, generator, **method_kwargs) -> Tensor[E]`; higher means more worth keeping.
         reference (`str`): Where the method comes from.
+        fit (`Callable`, *optional*): For methods that need more than forward statistics (gradients, learned
+            masks): `fit(model, blocks, rows, config, progress) -> {block name: Tensor[E]}`, run after the
+            statistics pass; its scores replace `score`'s.
+        default_allocation (`str`): Allocation used when the config does not name one.
+        default_compensation (`str`): Compensation used when the config does not name one.
     """
 
     name: str
     requires: frozenset[str]
     score: Callable[..., torch.Tensor]
     reference: str = ""
+    fit: Callable[..., dict] | None = None
+    default_allocation: str = "uniform"
+    default_compensation: str = "none"
 
     @property
     def needs_calibration(self) -> bool:
-        return bool(self.requires)
+        return bool(self.requires) or self.fit is not None
 
 
 METHODS: Registry[ScoringMethod] = Registry("pruning method")
 
 
-def register_method(name: str, requires: tuple[str, ...] = (), reference: str = ""):
+def register_method(
+    name: str,
+    requires: tuple[str, ...] = (),
+    reference: str = "",
+    fit: Callable[..., dict] | None = None,
+    default_allocation: str = "uniform",
+    default_compensation: str = "none",
+):
     """Decorator registering `score(stats, generator, **kwargs)` as method `name`."""
 
     unknown = set(requires) - set(STATISTICS)
@@ -51,7 +66,10 @@ def register_method(name: str, requires: tuple[str, ...] = (), reference: str = 
         raise ValueError(f"method {name!r} requires unknown statistics {sorted(unknown)}; known: {STATISTICS}")
 
     def decorator(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        METHODS.add(name, ScoringMethod(name, frozenset(requires), fn, reference))
+        METHODS.add(
+            name,
+            ScoringMethod(name, frozenset(requires), fn, reference, fit, default_allocation, default_compensation),
+        )
         return fn
 
     return decorator

@@ -1,0 +1,210 @@
+"""Compensation: adjust the kept experts after pruning so that the layer output changes least.
+
+A compensator is `compensate(block, kept, context)`, called on the still unpruned block just before it is sliced.
+`context` is a `CompensationContext`: the block's calibration statistics and, for compensators that declare
+`needs_inputs = True`, a sample of the block's calibration inputs (collected only then, in one extra no-grad pass).
+
+- `none`: leave the kept experts as they are.
+- `merge`: fold each pruned expert into the kept expert whose router row is most similar (cosine), by usage-weighted
+  averaging of the weights (usage = soft counts, i.e. the summed gates, else token counts, else equal).
+- `fisher`: COMPEL's Fisher-guided compensation (our reading, see `fisher_compensation`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..registry import Registry
+
+COMPENSATIONS: Registry[Callable] = Registry("compensation")
+
+
+@dataclass
+class CompensationContext:
+    """What a compensator may use for one block: statistics, calibration inputs `[tokens, hidden]`, options."""
+
+    stats: object = None
+    inputs: torch.Tensor | None = None
+    options: dict = field(default_factory=dict)
+
+
+def needs_inputs(name: str) -> bool:
+    return bool(getattr(COMPENSATIONS.get(name), "needs_inputs", False))
+
+
+@COMPENSATIONS.register("none")
+def no_compensation(block, kept, context=None) -> None:
+    """Leave the kept experts as they are."""
+
+
+def _usage(context, num_experts: int) -> torch.Tensor:
+    stats = getattr(context, "stats", None)
+    for name in ("gate_sum", "count"):
+        if stats is not None and name in stats and float(stats[name].sum()) > 0:
+            return stats[name].double()
+    return torch.ones(num_experts, dtype=torch.float64)
+
+
+@COMPENSATIONS.register("merge")
+@torch.no_grad()
+def merge_compensation(block, kept, context=None) -> None:
+    """Merge every pruned expert e into the kept expert r with the most similar router row (cosine similarity of
+    router weights: the tokens e received are the ones a router row close to e's would attract), as
+    `θ_r ← (u_r θ_r + Σ_e u_e θ_e) / (u_r + Σ_e u_e)` over every expert tensor, with u the usage (soft counts).
+    Neurons are averaged in place, without permutation alignment (M-SMoE-style frequency-weighted merging minus the
+    alignment). Router rows of kept experts are unchanged."""
+    num = block.num_experts
+    pruned = [e for e in range(num) if e not in set(kept)]
+    if not pruned:
+        return
+    router = block.router_weight.detach().float()
+    sim = F.normalize(router, dim=-1) @ F.normalize(router, dim=-1).T
+    kept_t = torch.as_tensor(kept)
+    target = {e: int(kept_t[sim[e, kept_t].argmax()]) for e in pruned}
+    usage = _usage(context, num).clamp(min=1e-12)
+    groups: dict[int, list[int]] = {r: [r] for r in kept}
+    for e, r in target.items():
+        groups[r].append(e)
+    experts = block.experts
+    for param in experts.parameters(recurse=False):
+        if param is None or param.dim() == 0 or param.shape[0] != num:
+            continue
+        data = param.data
+        for r, members in groups.items():
+            if len(members) == 1:
+                continue
+            w = usage[members].to(data.device, torch.float32)
+            w = (w / w.sum()).view(-1, *([1] * (data.dim() - 1)))
+            data[r] = (data[members].float() * w).sum(0).to(data.dtype)
+
+
+def _routed(block, hidden: torch.Tensor, kept: list[int] | None):
+    """Run the block on `hidden` (optionally routed to `kept` only) and return the experts' (input, index, weights,
+    output): the routed part of the block, without any shared expert."""
+    from ..reshape import mask_experts
+
+    captured = {}
+
+    def hook(module, args, kwargs, output):
+        h = args[0]
+        idx = args[1] if len(args) > 1 else kwargs["top_k_index"]
+        w = args[2] if len(args) > 2 else kwargs["top_k_weights"]
+        captured.update(h=h.detach(), idx=idx.detach(), w=w.detach(), out=output.detach())
+
+    handle = block.experts.register_forward_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            if kept is None:
+                block.module(hidden.unsqueeze(0))
+            else:
+                with mask_experts([block], {block.name: kept}):
+                    block.module(hidden.unsqueeze(0))
+    finally:
+        handle.remove()
+    return captured["h"], captured["idx"], captured["w"], captured["out"]
+
+
+def _features(experts, j: int, h: torch.Tensor) -> torch.Tensor:
+    gate, up = F.linear(h, experts.gate_up_proj[j]).chunk(2, dim=-1)
+    return experts.act_fn(gate) * up
+
+
+def reconstruction_error(block, kept: list[int], inputs: torch.Tensor, target: torch.Tensor | None = None) -> float:
+    """Mean squared error of the block's routed output with only `kept` experts against `target` (by default the
+    unpruned block's routed output) on `inputs`."""
+    if target is None:
+        target = _routed(block, inputs, None)[3]
+    out = _routed(block, inputs, kept)[3]
+    return float((out.float() - target.float()).pow(2).mean())
+
+
+@COMPENSATIONS.register("fisher")
+@torch.no_grad()
+def fisher_compensation(block, kept, context=None) -> None:
+    """COMPEL's Fisher-guided weight compensation, as we read it (the paper gives only the abstract).
+
+    Objective (methods.md §3(d)): change the kept experts so that the block's routed output on calibration tokens,
+    with the pruned experts' router logits at −inf (exactly what slicing gives), reconstructs the unpruned output:
+    `min_Δ ||Σ_{j∈K} g'_j f_j(h; θ_j + Δ_j) − y(h)||² + damping`. Ours: only `down_proj` moves (routing and the
+    intermediate activations a_j stay fixed, so the problem is quadratic), and each step is a natural-gradient /
+    Newton step preconditioned by the per-expert Fisher information of the reconstruction (Gaussian output model:
+    `F_j = Σ_t g_j(t)² a_j(t) a_j(t)ᵀ`, block-diagonal over experts, Levenberg damping `λ·mean diag F_j`), followed
+    by an exact line search along the step, so the error never increases. A few such block-Jacobi sweeps
+    (`options["steps"]`, default 3) are run. Needs the experts' fused `gate_up_proj`/`down_proj` layout.
+    """
+    if context is None or context.inputs is None or len(kept) == block.num_experts:
+        return
+    experts = block.experts
+    if not all(hasattr(experts, n) for n in ("gate_up_proj", "down_proj", "act_fn")):
+        raise ValueError(f"fisher compensation needs fused gate_up_proj/down_proj experts; {block.name} has none.")
+    steps = int(context.options.get("steps", 3))
+    damping = float(context.options.get("damping", 1e-2))
+    inputs = context.inputs.to(experts.down_proj.device, experts.down_proj.dtype)
+    target = _routed(block, inputs, None)[3].double()
+    h, idx, w, out = _routed(block, inputs, kept)
+    feats = {}
+    for j in kept:
+        tok, slot = torch.where(idx == j)
+        if len(tok):
+            feats[j] = (tok, (_features(experts, j, h[tok]).double() * w[tok, slot].double().unsqueeze(-1)))
+    if not feats:
+        return
+    residual = target - out.double()
+    for _ in range(steps):
+        deltas, update = {}, torch.zeros_like(residual)
+        for j, (tok, phi) in feats.items():
+            fisher = phi.T @ phi
+            fisher += damping * fisher.diagonal().mean().clamp(min=1e-12) * torch.eye(len(fisher), dtype=fisher.dtype)
+            delta = torch.linalg.solve(fisher, phi.T @ residual[tok]).T  # [H, I], like down_proj[j]
+            deltas[j] = delta
+            update.index_add_(0, tok, phi @ delta.T)
+        denom = float(update.pow(2).sum())
+        if denom <= 0:
+            break
+        scale = max(0.0, min(1.0, float((residual * update).sum()) / denom))  # exact line search, clipped
+        if scale == 0.0:
+            break
+        for j, delta in deltas.items():
+            experts.down_proj.data[j] += (scale * delta).to(experts.down_proj.dtype)
+        residual -= scale * update
+
+
+fisher_compensation.needs_inputs = True
+
+
+def collect_block_inputs(model, blocks, rows: torch.Tensor, batch_size: int, max_tokens: int = 8192, seed: int = 0):
+    """A sample of at most `max_tokens` calibration inputs `[tokens, hidden]` of every block (one no-grad pass), and
+    the L2 norm of each input channel over all calibration tokens (used by the `outlier` allocation)."""
+    from ..calibration.runner import model_device
+
+    inputs: dict[str, list[torch.Tensor]] = {b.name: [] for b in blocks}
+    sq: dict[str, torch.Tensor] = {}
+    per_batch = max(1, max_tokens // max(1, (len(rows) + batch_size - 1) // batch_size))
+    generator = torch.Generator().manual_seed(seed)
+
+    def make_hook(name):
+        def hook(module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            sq[name] = sq.get(name, 0) + x.float().pow(2).sum(0).cpu()
+            pick = torch.randperm(len(x), generator=generator)[:per_batch]
+            inputs[name].append(x[pick.to(x.device)].cpu())
+
+        return hook
+
+    handles = [b.module.register_forward_pre_hook(make_hook(b.name)) for b in blocks]
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                model(input_ids=rows[start : start + batch_size].to(device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return {n: torch.cat(v)[:max_tokens] for n, v in inputs.items()}, {n: v.sqrt() for n, v in sq.items()}

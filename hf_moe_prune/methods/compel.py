@@ -1,0 +1,104 @@
+"""COMPEL: Compensated MoE Pruning with Expert-Layer distribution (Yoon & Choi, Findings of ACL 2026).
+
+Only the abstract is public, so this is the documented reading of `methods.md` §3:
+
+- Paper: expert importance from Fisher information; layer importance from layer-wise outlier distributions;
+  Fisher-guided compensation of the kept experts. Here: `method="compel"` defaults to `allocation="outlier"` and
+  `compensation="fisher"` (see `hf_moe_prune.allocation.outlier_allocation` and
+  `hf_moe_prune.compensation.fisher_compensation`).
+- Expert score (ours where the paper is silent): the empirical Fisher `F_j = Σ_batches ||∂L/∂θ_j||²` of the LM loss
+  on the calibration rows (one backward per batch of `batch_size` rows), summed over the expert's parameters.
+- Router gradient path (ours): unrouted experts get no gradient from a top-k forward. During the Fisher pass each
+  block's routed output becomes `y + (y_soft − stopgrad(y_soft))`, with `y_soft = Σ_{j ∉ top-k(x)} p_j(x) f_j(x)`
+  (p the router softmax over all experts, x detached): the forward value and the routed experts' gradients are the
+  model's own, and every unrouted expert receives the gradient it would get under dense soft routing.
+  `method_kwargs={"router_path": False}` turns this off. The surrogate runs every expert on every token (E/k times
+  the MoE compute of the pass).
+- Memory: gradients are kept only for the expert tensors (every other parameter is frozen for the pass) and the
+  model is never copied.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .base import register_method
+
+
+def _patch_soft_path(block):
+    experts = block.experts
+    original = type(experts).forward.__get__(experts)
+    num = block.num_experts
+
+    def forward(hidden_states, top_k_index, top_k_weights, *args, **kwargs):
+        out = original(hidden_states, top_k_index, top_k_weights, *args, **kwargs)
+        x = hidden_states.detach()
+        probs = torch.softmax(F.linear(x, block.router_weight.detach()).float(), dim=-1)
+        probs = probs.scatter(1, top_k_index.clamp(max=num - 1), 0.0)
+        index = torch.arange(num, device=x.device).expand(len(x), num)
+        soft = original(x, index, probs.to(top_k_weights.dtype), *args, **kwargs)
+        return out + (soft - soft.detach())
+
+    experts.forward = forward
+
+
+def compel_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, torch.Tensor]:
+    """Empirical Fisher of every routed expert's parameters (see the module docstring)."""
+    from ..calibration.runner import model_device
+
+    options = config.method_kwargs
+    router_path = bool(options.get("router_path", True))
+    saved = {p: p.requires_grad for p in model.parameters()}
+    expert_params = {
+        b.name: [p for p in b.experts.parameters(recurse=False) if p.shape[:1] == (b.num_experts,)] for b in blocks
+    }
+    fisher = {b.name: torch.zeros(b.num_experts, dtype=torch.float64) for b in blocks}
+    patched = []
+    was_training = model.training
+    device = model_device(model)
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for params in expert_params.values():
+            for p in params:
+                p.requires_grad_(True)
+        if router_path:
+            for b in blocks:
+                if b.adapter.routing == "experts_call":
+                    _patch_soft_path(b)
+                    patched.append(b)
+        model.eval()
+        batches = range(0, len(rows), config.batch_size)
+        for start in tqdm(batches, desc="compel fisher", unit="batch", disable=not progress):
+            ids = rows[start : start + config.batch_size].to(device)
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss.backward()
+            for name, params in expert_params.items():
+                for p in params:
+                    if p.grad is not None:
+                        fisher[name] += p.grad.detach().double().pow(2).flatten(1).sum(1).cpu()
+                        p.grad = None
+    finally:
+        for b in patched:
+            del b.experts.forward
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+            p.grad = None
+        model.train(was_training)
+    n = max(1, len(range(0, len(rows), config.batch_size)))
+    return {k: v / n for k, v in fisher.items()}
+
+
+@register_method(
+    "compel",
+    requires=("count", "gate_sum"),
+    reference="Yoon & Choi, Findings of ACL 2026 (our reading of the abstract)",
+    fit=compel_fit,
+    default_allocation="outlier",
+    default_compensation="fisher",
+)
+def compel(stats, generator=None, **kwargs):
+    """Scores come from `compel_fit`; the statistics (soft counts) serve the compensation step."""
+    return stats["gate_sum"]

@@ -1,0 +1,120 @@
+"""DiEP: Differentiable Expert Pruning (Bai et al., arXiv 2509.16105, NeurIPS 2025).
+
+From the paper (abstract and secondary summaries, `methods.md` §4): learnable intra-layer expert scores α and
+inter-layer scores β, optimized by alternating gradient descent on a small calibration set so that the discrete
+non-uniform search becomes continuous; then a global discretization. Model weights are frozen.
+
+Ours (the paper's code is not public):
+- Soft keep mask `m_{l,j} = σ(α_{l,j} + β_l)`, initialised at σ(init) (default init 3, m ≈ 0.95).
+- The relaxed forward both re-routes and scales: the router logits get `+ log m` where the router computes them
+  (so small masks leave the top-k, and m → 0 is exactly the masked routing that slicing reproduces) and each selected
+  expert's gate is multiplied by m (so that β, which shifts a whole layer, changes the output at all: a uniform shift
+  of the logits alone cancels in the softmax).
+- Loss per step: `KL(p_full ‖ p_masked)` on the calibration tokens (teacher = the same model without masks, no copy)
+  `+ λ_s (mean m − keep)² + λ_b mean m(1 − m)`; α-steps and β-steps alternate; Adam; early stop when the loss has not
+  improved by `tol` (relative) for `patience` steps.
+- Discretization: the `learned` allocation ranks σ(α + β) across all layers with the per-layer floor.
+`method_kwargs`: steps (100), lr (0.1), budget_weight (10), binary_weight (0.1), init (3), patience (15), tol (1e-3).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .base import register_method
+
+
+def diep_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, torch.Tensor]:
+    from ..calibration.runner import model_device
+    from ..reshape import _MaskRouterLogits
+
+    opts = config.method_kwargs
+    steps, lr = int(opts.get("steps", 100)), float(opts.get("lr", 0.1))
+    budget_w, binary_w = float(opts.get("budget_weight", 10.0)), float(opts.get("binary_weight", 0.1))
+    patience, tol = int(opts.get("patience", 15)), float(opts.get("tol", 1e-3))
+    init = float(opts.get("init", 3.0))
+    total = sum(b.num_experts for b in blocks)
+    keep = (total - math.floor((config.ratio or 0.5) * total + 1e-9)) / total
+    if config.num_experts_to_keep is not None:
+        keep = sum(min(config.num_experts_to_keep, b.num_experts) for b in blocks) / total
+    device = model_device(model)
+    alpha = [torch.zeros(b.num_experts, device=device, requires_grad=True) for b in blocks]
+    beta = torch.full((len(blocks),), init, device=device, requires_grad=True)
+    opt_a, opt_b = torch.optim.Adam(alpha, lr=lr), torch.optim.Adam([beta], lr=lr)
+    saved = {p: p.requires_grad for p in model.parameters()}
+    masks_now: list[torch.Tensor] = []
+
+    def patch(i, block):
+        experts = block.experts
+        original = type(experts).forward.__get__(experts)
+
+        def forward(hidden_states, top_k_index, top_k_weights, *args, **kwargs):
+            m = masks_now[i].to(top_k_weights.dtype)[top_k_index.clamp(max=block.num_experts - 1)]
+            return original(hidden_states, top_k_index, top_k_weights * m, *args, **kwargs)
+
+        experts.forward = forward
+
+    best, best_scores, since = float("inf"), None, 0
+    was_training = model.training
+    batches = list(range(0, len(rows), config.batch_size))
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for i, b in enumerate(blocks):
+            if b.adapter.routing == "experts_call":
+                patch(i, b)
+        model.eval()
+        bar = tqdm(range(steps), desc="diep", unit="step", disable=not progress)
+        for step in bar:
+            ids = rows[batches[step % len(batches)] : batches[step % len(batches)] + config.batch_size].to(device)
+            masks_now[:] = [torch.ones(b.num_experts, device=device) for b in blocks]
+            with torch.no_grad():
+                teacher = F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
+            masks = [torch.sigmoid(a + beta[i]) for i, a in enumerate(alpha)]
+            masks_now[:] = masks
+            log_masks = {id(b.router_weight): torch.log(m.clamp(min=1e-6)) for b, m in zip(blocks, masks, strict=True)}
+            with _MaskRouterLogits(log_masks):
+                student = F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
+            kl = F.kl_div(student.flatten(0, 1), teacher.flatten(0, 1), log_target=True, reduction="batchmean")
+            flat = torch.cat(masks)
+            loss = kl + budget_w * (flat.mean() - keep) ** 2 + binary_w * (flat * (1 - flat)).mean()
+            opt = opt_a if step % 2 == 0 else opt_b
+            opt_a.zero_grad()
+            opt_b.zero_grad()
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+            bar.set_postfix(
+                loss=f"{value:.4f}", kl=f"{float(kl.detach()):.4f}", keep=f"{float(flat.detach().mean()):.3f}"
+            )
+            if value < best * (1 - tol):
+                best, since = value, 0
+            else:
+                since += 1
+                if since >= patience:
+                    break
+        best_scores = [torch.sigmoid(a + beta[i]).detach().double().cpu() for i, a in enumerate(alpha)]
+    finally:
+        for b in blocks:
+            if "forward" in b.experts.__dict__:
+                del b.experts.forward
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return {b.name: s for b, s in zip(blocks, best_scores, strict=True)}
+
+
+@register_method(
+    "diep",
+    requires=("count",),
+    reference="Bai et al., arXiv 2509.16105 (our reading)",
+    fit=diep_fit,
+    default_allocation="learned",
+)
+def diep(stats, generator=None, **kwargs):
+    """Scores come from `diep_fit`."""
+    return stats["count"]

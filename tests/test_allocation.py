@@ -1,0 +1,89 @@
+"""Allocation strategies on hand-made scores: exact global budget and per-layer floors, for every allocator."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from hf_moe_prune.allocation import ALLOCATIONS, fit_budget, layer_floor, total_budget
+from hf_moe_prune.config import MoEPruneConfig
+
+
+def fake_block(name, num=16, top_k=2, groups=(1, 1), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    experts = SimpleNamespace(gate_up_proj=torch.randn(num, 8, 12, generator=g) * (1 + seed))
+    return SimpleNamespace(name=name, num_experts=num, top_k=top_k, groups=groups, experts=experts, layer_idx=seed)
+
+
+def skewed_scores(blocks):
+    # layer 0: one dominant expert; layer 1: flat; others: random
+    g = torch.Generator().manual_seed(1)
+    out = {}
+    for i, b in enumerate(blocks):
+        s = torch.rand(b.num_experts, generator=g, dtype=torch.float64)
+        if i == 0:
+            s[:] = 0.01
+            s[0] = 100
+        if i == 1:
+            s[:] = 1.0
+        out[b.name] = s
+    return out
+
+
+@pytest.mark.parametrize("name", ["uniform", "global", "outlier", "learned"])
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75, 0.8])
+def test_budget_exact_and_floors(name, ratio):
+    blocks = [fake_block(f"l{i}", seed=i) for i in range(4)]
+    config = MoEPruneConfig(ratio=ratio)
+    budget = total_budget(blocks, config)
+    total = sum(b.num_experts for b in blocks)
+    assert budget == total - math.floor(ratio * total)
+    counts = ALLOCATIONS.get(name)(blocks, skewed_scores(blocks), budget, {})
+    assert sum(counts.values()) == budget
+    for b in blocks:
+        assert b.top_k <= counts[b.name] <= b.num_experts
+
+
+@pytest.mark.parametrize("name", ["global", "outlier", "learned", "uniform"])
+def test_group_rules_and_top_k_floor(name):
+    blocks = [fake_block(f"l{i}", num=32, top_k=4, groups=(4, 2), seed=i) for i in range(3)]
+    blocks.append(fake_block("dense", num=16, top_k=6, seed=7))
+    budget = 40
+    counts = ALLOCATIONS.get(name)(blocks, skewed_scores(blocks), budget, {})
+    assert sum(counts.values()) == budget
+    for b in blocks[:3]:
+        assert counts[b.name] % 4 == 0 and counts[b.name] >= layer_floor(b) == 8
+    assert counts["dense"] >= 6
+
+
+def test_global_moves_budget_to_flat_layers():
+    blocks = [fake_block(f"l{i}", seed=i) for i in range(2)]
+    counts = ALLOCATIONS.get("global")(blocks, skewed_scores(blocks), 16, {})
+    # layer 0 has one dominant expert: after per-layer normalization it gives up its weak ones first
+    assert counts["l0"] == 2 and counts["l1"] == 14
+
+
+def test_outlier_follows_outlier_ratio():
+    blocks = [fake_block(f"l{i}", seed=0) for i in range(3)]
+    blocks[2].experts.gate_up_proj = blocks[2].experts.gate_up_proj.clone()
+    blocks[2].experts.gate_up_proj[:, 0, :] *= 50  # heavy outliers
+    context = {}
+    counts = ALLOCATIONS.get("outlier")(blocks, skewed_scores(blocks), 24, context)
+    assert sum(counts.values()) == 24
+    assert counts["l2"] > counts["l0"]
+    assert context["outlier_ratios"]["l2"] > context["outlier_ratios"]["l0"]
+
+
+def test_infeasible_budget_raises():
+    blocks = [fake_block(f"l{i}") for i in range(2)]
+    with pytest.raises(ValueError, match="at least 4"):
+        fit_budget(blocks, {"l0": 1, "l1": 1}, 3)
+
+
+def test_config_accepts_allocation_names_and_method_defaults():
+    assert MoEPruneConfig(ratio=0.5, allocation="global").allocation == "global"
+    config = MoEPruneConfig(method="compel", ratio=0.5)
+    assert (config.allocation, config.compensation) == ("outlier", "fisher")
+    assert MoEPruneConfig(method="diep", ratio=0.5).allocation == "learned"
+    assert MoEPruneConfig(ratio=0.5).allocation == "uniform"
