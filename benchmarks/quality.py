@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--eval-rows", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write", action="store_true", help="write the tables into benchmarks/RESULTS.md")
+    parser.add_argument("--section", default="quality", help="RESULTS.md section to (re)write (default: quality)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     sections = []
@@ -102,7 +103,7 @@ def main() -> None:
         "model, token-weighted over domains.\n\n" + "\n\n".join(sections)
     )
     if args.write:
-        write_section("quality", body)
+        write_section(args.section, body)
     print(body)
 
 
