@@ -83,7 +83,7 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
     fitted = None
     if method.fit is not None and job.rows is not None:
         fitted = method.fit(model, job.blocks, job.rows, config, progress=progress)
-    context: dict[str, Any] = {"config": config}
+    context: dict[str, Any] = {"config": config, "model": model, "rows": job.rows, "seed": config.seed}
     inputs = None
     wants_inputs = needs_inputs(config.compensation)
     if job.rows is not None and (wants_inputs or config.allocation == "outlier"):

@@ -87,3 +87,26 @@ def test_config_accepts_allocation_names_and_method_defaults():
     assert (config.allocation, config.compensation) == ("outlier", "fisher")
     assert MoEPruneConfig(method="diep", ratio=0.5).allocation == "learned"
     assert MoEPruneConfig(ratio=0.5).allocation == "uniform"
+
+
+def test_evolutionary_allocation_keeps_the_budget_and_never_loses_to_its_start():
+    import hf_moe_prune
+    from hf_moe_prune import MoEPruneConfig, find_blocks
+    from hf_moe_prune.allocation import _agreement, evolutionary_allocation, fit_budget
+    from hf_moe_prune.testing import tiny_model
+
+    rows = torch.randint(1, 300, (4, 24), generator=torch.Generator().manual_seed(0))
+    model = tiny_model("qwen3_moe", num_hidden_layers=4)
+    blocks = find_blocks(model)
+    scores = {b.name: torch.rand(8, generator=torch.Generator().manual_seed(i)) for i, b in enumerate(blocks)}
+    context = {"model": model, "rows": rows, "seed": 0, "evolution": {"generations": 3, "population": 4}}
+    counts = evolutionary_allocation(blocks, scores, 16, context)
+    assert sum(counts.values()) == 16 and all(c >= 2 for c in counts.values())
+    start = fit_budget(blocks, {b.name: 4.0 for b in blocks}, 16)
+    batches = [rows[:2], rows[2:4]]
+    teacher = [torch.softmax(model(input_ids=b).logits.float(), -1) for b in batches]
+    assert context["evolution_fitness"] >= _agreement(model, blocks, scores, start, batches, teacher) - 1e-9
+    plan = hf_moe_prune.prune(
+        model, MoEPruneConfig("reap", 0.5, allocation="evolutionary", calibration=rows), progress=False
+    )
+    assert sum(b.num_kept for b in plan.blocks) == 16 and all(b.num_kept >= 2 for b in plan.blocks)
