@@ -50,6 +50,12 @@ def slice_block(block: MoEBlock, kept: list[int]) -> None:
     for name in [*experts._parameters, *experts._buffers]:
         if getattr(experts, name) is not None:
             _slice_tensor(experts, name, index, 0, num_experts)
+    for path in block.adapter.flat_expert_tensors:  # [E * rows, ...] stored flat: slice as [E, rows, ...]
+        module_path, _, name = path.rpartition(".")
+        module = experts.get_submodule(module_path) if module_path else experts
+        old = getattr(module, name)
+        new = old.detach().view(num_experts, -1, *old.shape[1:]).index_select(0, index.to(old.device))
+        module._parameters[name] = nn.Parameter(new.reshape(-1, *old.shape[1:]).contiguous(), old.requires_grad)
     for path, dim in block.adapter.expert_tensors():
         owner = _owner(block, path)
         if owner is not None:
@@ -67,8 +73,12 @@ def set_expert_count(model: nn.Module, adapter: MoEAdapter, count: int) -> None:
     """
     config = text_config(model.config)
     for key in adapter.count_keys:
-        setattr(config, key, count)
-        config.__dict__[key] = count
+        *parents, leaf = key.split(".")  # nested sub-configs, e.g. DBRX's "ffn_config.moe_num_experts"
+        target = config
+        for parent in parents:
+            target = getattr(target, parent)
+        setattr(target, leaf, count)
+        target.__dict__[leaf] = count
     for module in model.modules():  # e.g. Qwen2MoeForCausalLM.num_experts, used by the load-balancing loss
         if isinstance(module, PreTrainedModel) and isinstance(getattr(module, "num_experts", None), int):
             module.num_experts = count

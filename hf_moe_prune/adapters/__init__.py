@@ -7,6 +7,7 @@ from . import (  # noqa: F401  (registration on import)
     bailing_hybrid,
     beam,
     cohere2_moe,
+    dbrx,
     deepseek_v2,
     deepseek_v3,
     deepseek_v32,

@@ -39,6 +39,8 @@ class MoEAdapter:
         extra_tensors (`tuple[str]`): Other tensors with an expert dimension, as paths inside the block, with the
             dimension after a colon when it is not 0 (`"expert_bias"`, `"gate.moe_statics.e_score_correction_bias:1"`).
         shared (`tuple[str]`): Block attributes that are shared (always-on) experts, never pruned.
+        flat_expert_tensors (`tuple[str]`): Tensors of the experts module stored flattened as `[E * rows, ...]` (DBRX's
+            `mlp.w1`), sliced as `[E, rows, ...]`.
         routing (`str`): `"experts_call"` (the default): the experts module is called as `experts(hidden,
             top_k_index, top_k_weights)` with the gates the model applies; `"dense_scaled_input"`: Llama-4 style, the
             router returns `[tokens, E]` gates (0 for unselected experts) that scale the input of every expert.
@@ -55,6 +57,7 @@ class MoEAdapter:
     extra_tensors: tuple[str, ...] = ()
     shared: tuple[str, ...] = ()
     routing: str = "experts_call"
+    flat_expert_tensors: tuple[str, ...] = ()
 
     def expert_tensors(self) -> list[tuple[str, int]]:
         """Block-relative paths and expert dimensions of every router/extra tensor that carries an expert axis."""
@@ -90,7 +93,10 @@ class MoEBlock:
 
     @property
     def num_experts(self) -> int:
-        # Read from the tensor, not the config: the config is shared by all layers and may hold another count.
+        # Read from the module, not the config: the config is shared by all layers and may hold another count.
+        count = getattr(self.experts, "num_experts", None)
+        if isinstance(count, int) and not isinstance(count, bool):
+            return count
         return int(next(iter(self.experts.parameters())).shape[0])
 
     def _routing_attr(self, *names: str):

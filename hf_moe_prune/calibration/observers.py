@@ -84,12 +84,13 @@ class ExpertObserver:
 
     def _forward_per_slot(self, original, hidden_states, top_k_index, top_k_weights, *args, **kwargs):
         tokens, k = top_k_index.shape
-        rows = hidden_states.repeat_interleave(k, dim=0)
+        flat = hidden_states.reshape(tokens, -1)  # DBRX passes [batch, seq, hidden]; the others [tokens, hidden]
+        rows = flat.repeat_interleave(k, dim=0)
         unit = torch.ones(tokens * k, 1, dtype=top_k_weights.dtype, device=top_k_weights.device)
-        outputs = original(rows, top_k_index.reshape(-1, 1), unit, *args, **kwargs)  # [tokens*k, H], f_j(x) per slot
-        self._record(top_k_index, top_k_weights, outputs)
-        gated = outputs.view(tokens, k, -1) * top_k_weights.unsqueeze(-1).to(outputs.dtype)
-        return gated.sum(dim=1)
+        outputs = original(rows, top_k_index.reshape(-1, 1), unit, *args, **kwargs).reshape(tokens * k, -1)
+        self._record(top_k_index, top_k_weights, outputs)  # outputs: f_j(x) per (token, slot)
+        gated = outputs.view(tokens, k, -1) * top_k_weights.reshape(tokens, k, 1).to(outputs.dtype)
+        return gated.sum(dim=1).view(hidden_states.shape)
 
     @torch.no_grad()
     def _record(self, top_k_index, top_k_weights, outputs, gated: bool = False) -> None:

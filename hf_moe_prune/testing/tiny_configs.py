@@ -57,6 +57,13 @@ FAMILY_OVERRIDES: dict[str, dict[str, Any]] = {
     "olmoe": {"norm_topk_prob": False, "intermediate_size": 16},
     "mixtral": {"intermediate_size": 16},
     "dots3_note_text": {"num_key_value_heads": 4},
+    "dbrx": {
+        "d_model": 32,
+        "n_heads": 4,
+        "n_layers": 2,
+        "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
+        "ffn_config": {"ffn_hidden_size": 16, "moe_num_experts": 8, "moe_top_k": 2, "hidden_size": 32},
+    },
     "jamba": {
         "attn_layer_period": 2,
         "attn_layer_offset": 1,
