@@ -11,7 +11,7 @@ import torch
 from .adapters import MoEBlock, find_blocks, get_adapter, text_config
 from .allocation import allocate, check_budget, keep_counts, select_experts
 from .calibration import LayerStats, calibration_rows, collect_stats, describe
-from .compensation import COMPENSATIONS, CompensationContext, collect_block_inputs, needs_inputs
+from .compensation import COMPENSATIONS, BlockInputRecorder, CompensationContext, needs_inputs
 from .config import MoEPruneConfig
 from .methods import METHODS, ScoringMethod
 from .plan import BlockPlan, PrunePlan
@@ -20,11 +20,10 @@ from .reshape import set_expert_count, slice_block
 
 @dataclass
 class PruneJob:
-    """Everything checked and prepared before calibration: blocks, keep counts, method, calibration rows."""
+    """Everything checked and prepared before calibration: blocks, method, calibration rows."""
 
     config: MoEPruneConfig
     blocks: list[MoEBlock]
-    counts: dict[str, int]
     method: ScoringMethod
     rows: torch.Tensor | None
 
@@ -61,7 +60,7 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
     Works on a meta-device skeleton too (shapes are all it reads), so the quantizer runs it before weights load.
     """
     blocks = find_blocks(model, get_adapter(model))
-    counts = keep_counts(blocks, config)
+    keep_counts(blocks, config)  # raises before calibration when a layer's count is infeasible
     check_budget(blocks, config)
     method = METHODS.get(config.method)
     rows = None
@@ -69,15 +68,27 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
         if not isinstance(config.calibration, torch.Tensor):
             tokenizer = tokenizer or config.tokenizer or default_tokenizer(model)
         rows = calibration_rows(config.calibration, tokenizer, config.num_samples, config.seq_len, config.seed)
-    return PruneJob(config, blocks, counts, method, rows)
+    return PruneJob(config, blocks, method, rows)
 
 
 def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePlan:
     """Calibrate, score, allocate, compensate and reshape `model` in place; return the plan."""
     config, method = job.config, job.method
     start = time.perf_counter()
+    wants_inputs = needs_inputs(config.compensation)
+    recorder = None
+    if job.rows is not None and (wants_inputs or config.allocation == "outlier"):
+        recorder = BlockInputRecorder(job.blocks, len(job.rows), config.batch_size, seed=config.seed)
     if job.rows is not None:
-        stats = collect_stats(model, job.blocks, method.requires, job.rows, config.batch_size, progress=progress)
+        stats = collect_stats(
+            model,
+            job.blocks,
+            method.requires,
+            job.rows,
+            config.batch_size,
+            progress=progress,
+            recorders=(recorder,) if recorder is not None else (),
+        )
     else:
         stats = {b.name: LayerStats(b.num_experts) for b in job.blocks}
     fitted = None
@@ -85,11 +96,8 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
         fitted = method.fit(model, job.blocks, job.rows, config, progress=progress)
     context: dict[str, Any] = {"config": config, "model": model, "rows": job.rows, "seed": config.seed}
     inputs = None
-    wants_inputs = needs_inputs(config.compensation)
-    if job.rows is not None and (wants_inputs or config.allocation == "outlier"):
-        inputs, context["input_norms"] = collect_block_inputs(
-            model, job.blocks, job.rows, config.batch_size, seed=config.seed
-        )
+    if recorder is not None:
+        inputs, context["input_norms"] = recorder.result()
         if not wants_inputs:
             inputs = None
     seconds = time.perf_counter() - start

@@ -28,6 +28,7 @@ def collect_stats(
     rows: torch.Tensor,
     batch_size: int,
     progress: bool = True,
+    recorders: tuple = (),
 ) -> dict[str, LayerStats]:
     """Forward `rows` through `model` in batches (no grad, eval mode) and return each block's statistics.
 
@@ -38,6 +39,7 @@ def collect_stats(
         rows: `[N, seq_len]` token ids.
         batch_size: Rows per forward.
         progress: Show a tqdm progress bar.
+        recorders: Further hooks (objects with `attach()`/`detach()`) that read the same forward passes.
     """
     observers = [ExpertObserver(block, requires) for block in blocks]
     device = model_device(model)
@@ -51,13 +53,13 @@ def collect_stats(
     was_training = model.training
     model.eval()
     try:
-        for observer in observers:
+        for observer in (*observers, *recorders):
             observer.attach()
         with torch.no_grad():
             for start in tqdm(range(0, len(rows), batch_size), desc="calibration", unit="batch", disable=disabled):
                 model(input_ids=rows[start : start + batch_size].to(device), **extra)
     finally:
-        for observer in observers:
+        for observer in (*observers, *recorders):
             observer.detach()
         model.train(was_training)
     return {o.block.name: o.stats.cpu() for o in observers}

@@ -176,35 +176,38 @@ def fisher_compensation(block, kept, context=None) -> None:
 fisher_compensation.needs_inputs = True
 
 
-def collect_block_inputs(model, blocks, rows: torch.Tensor, batch_size: int, max_tokens: int = 8192, seed: int = 0):
-    """A sample of at most `max_tokens` calibration inputs `[tokens, hidden]` of every block (one no-grad pass), and
-    the L2 norm of each input channel over all calibration tokens (used by the `outlier` allocation)."""
-    from ..calibration.runner import model_device
+class BlockInputRecorder:
+    """Samples at most `max_tokens` calibration inputs `[tokens, hidden]` of every block, and the L2 norm of each input
+    channel over all calibration tokens (used by the `outlier` allocation), from the forwards it is attached to: the
+    calibration runner attaches it beside the observers, so no second pass over the data is needed."""
 
-    inputs: dict[str, list[torch.Tensor]] = {b.name: [] for b in blocks}
-    sq: dict[str, torch.Tensor] = {}
-    per_batch = max(1, max_tokens // max(1, (len(rows) + batch_size - 1) // batch_size))
-    generator = torch.Generator().manual_seed(seed)
+    def __init__(self, blocks, num_rows: int, batch_size: int, max_tokens: int = 8192, seed: int = 0):
+        self.blocks = blocks
+        self.max_tokens = max_tokens
+        self.per_batch = max(1, max_tokens // max(1, (num_rows + batch_size - 1) // batch_size))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.inputs: dict[str, list[torch.Tensor]] = {b.name: [] for b in blocks}
+        self.squares: dict[str, torch.Tensor] = {}
+        self._handles = []
 
-    def make_hook(name):
+    def _hook(self, name):
         def hook(module, args):
             x = args[0].detach().reshape(-1, args[0].shape[-1])
-            sq[name] = sq.get(name, 0) + x.float().pow(2).sum(0).cpu()
-            pick = torch.randperm(len(x), generator=generator)[:per_batch]
-            inputs[name].append(x[pick.to(x.device)].cpu())
+            self.squares[name] = self.squares.get(name, 0) + x.float().pow(2).sum(0).cpu()
+            pick = torch.randperm(len(x), generator=self.generator)[: self.per_batch]
+            self.inputs[name].append(x[pick.to(x.device)].cpu())
 
         return hook
 
-    handles = [b.module.register_forward_pre_hook(make_hook(b.name)) for b in blocks]
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(rows), batch_size):
-                model(input_ids=rows[start : start + batch_size].to(device), use_cache=False)
-    finally:
-        for handle in handles:
+    def attach(self) -> None:
+        self._handles = [b.module.register_forward_pre_hook(self._hook(b.name)) for b in self.blocks]
+
+    def detach(self) -> None:
+        for handle in self._handles:
             handle.remove()
-        model.train(was_training)
-    return {n: torch.cat(v)[:max_tokens] for n, v in inputs.items()}, {n: v.sqrt() for n, v in sq.items()}
+        self._handles = []
+
+    def result(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """`(inputs, input_norms)` per block name."""
+        inputs = {n: torch.cat(v)[: self.max_tokens] for n, v in self.inputs.items()}
+        return inputs, {n: v.sqrt() for n, v in self.squares.items()}
