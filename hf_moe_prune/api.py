@@ -14,6 +14,9 @@ from .calibration import LayerStats, calibration_rows, collect_stats, describe
 from .compensation import COMPENSATIONS, BlockInputRecorder, CompensationContext, needs_inputs
 from .config import MoEPruneConfig
 from .methods import METHODS, ScoringMethod
+from .neurons import NEURON_SCORES, SCHEDULE_KEYS, WidthGroupedExperts, neuron_plan, prune_neurons, schedule_options
+from .neurons.layout import neuron_layout
+from .neurons.schedule import check_schedule
 from .plan import BlockPlan, PrunePlan
 from .reshape import set_expert_count, slice_block
 
@@ -60,8 +63,18 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
     Works on a meta-device skeleton too (shapes are all it reads), so the quantizer runs it before weights load.
     """
     blocks = find_blocks(model, get_adapter(model))
-    keep_counts(blocks, config)  # raises before calibration when a layer's count is infeasible
-    check_budget(blocks, config)
+    if any(isinstance(b.experts, WidthGroupedExperts) for b in blocks):
+        raise ValueError(
+            "This model's experts are already neuron-pruned; pruning it again is not supported. Prune the original "
+            "model once, combining units with method_kwargs={'drop_experts': ...} if you want both."
+        )
+    if config.unit == "neuron":
+        for block in blocks:
+            neuron_layout(block.experts)  # raises for families whose fused expert layout is not described
+        check_schedule(blocks, config.ratio, config.ignore, schedule_options(config.allocation, config.method_kwargs))
+    else:
+        keep_counts(blocks, config)  # raises before calibration when a layer's count is infeasible
+        check_budget(blocks, config)
     method = METHODS.get(config.method)
     rows = None
     if method.needs_calibration:
@@ -76,6 +89,12 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
     config, method = job.config, job.method
     start = time.perf_counter()
     wants_inputs = needs_inputs(config.compensation)
+    requires, method_kwargs, options = method.requires, dict(config.method_kwargs), None
+    if config.unit == "neuron":
+        options = schedule_options(config.allocation, method_kwargs)
+        requires = requires | {NEURON_SCORES[options["neuron_score"]]}
+    for key in SCHEDULE_KEYS:  # schedule options are not the scoring function's
+        method_kwargs.pop(key, None)
     recorder = None
     if job.rows is not None and (wants_inputs or config.allocation == "outlier"):
         recorder = BlockInputRecorder(job.blocks, len(job.rows), config.batch_size, seed=config.seed)
@@ -83,7 +102,7 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
         stats = collect_stats(
             model,
             job.blocks,
-            method.requires,
+            requires,
             job.rows,
             config.batch_size,
             progress=progress,
@@ -107,18 +126,22 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
         if fitted is not None:
             scores = fitted[block.name].double().cpu()
         else:
-            scores = method.score(stats[block.name], generator, **config.method_kwargs).double().cpu()
+            scores = method.score(stats[block.name], generator, **method_kwargs).double().cpu()
         if scores.shape != (block.num_experts,):
             raise RuntimeError(
                 f"method {method.name!r} returned scores of shape {tuple(scores.shape)} for {block.name}"
             )
         all_scores[block.name] = scores
-    counts = allocate(job.blocks, all_scores, config, context)
-    plan_blocks = []
-    for block in job.blocks:
-        scores = all_scores[block.name]
-        kept = select_experts(scores, counts[block.name], block.groups[0])
-        plan_blocks.append(BlockPlan(block.name, block.layer_idx, block.num_experts, kept, scores.tolist()))
+    schedule = None
+    if options is not None:
+        plan_blocks, schedule = _neuron_blocks(job.blocks, all_scores, stats, config, options)
+    else:
+        counts = allocate(job.blocks, all_scores, config, context)
+        plan_blocks = []
+        for block in job.blocks:
+            scores = all_scores[block.name]
+            kept = select_experts(scores, counts[block.name], block.groups[0])
+            plan_blocks.append(BlockPlan(block.name, block.layer_idx, block.num_experts, kept, scores.tolist()))
     calibration = {"source": describe(config.calibration)}
     if job.rows is not None:
         calibration.update(rows=int(job.rows.shape[0]), seq_len=int(job.rows.shape[1]), tokens=int(job.rows.numel()))
@@ -132,11 +155,36 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
         config=config.to_dict(),
         versions=_versions(),
         stats_seconds=round(seconds, 3),
+        unit=config.unit,
+        neuron_schedule=schedule,
     )
     before = sum(p.numel() for p in model.parameters())
     apply_plan(model, plan, stats=stats, compensation=config.compensation, inputs=inputs)
     plan.parameters = {"before": before, "after": sum(p.numel() for p in model.parameters())}
     return plan
+
+
+def _neuron_blocks(blocks, scores, stats, config, options) -> tuple[list[BlockPlan], dict]:
+    """Block plans of a neuron pruning: experts dropped, kept whole, and narrowed to their best neurons."""
+    statistic = NEURON_SCORES[options["neuron_score"]]
+    # Neurons compete only within their expert, so sums rank them as means would.
+    neuron_scores = {block.name: stats[block.name][statistic] for block in blocks}
+    decisions, schedule = neuron_plan(blocks, scores, neuron_scores, config.ratio, config.ignore, options)
+    plan_blocks = []
+    for block in blocks:
+        decision = decisions[block.name]
+        plan_blocks.append(
+            BlockPlan(
+                block.name,
+                block.layer_idx,
+                block.num_experts,
+                decision.kept,
+                scores[block.name].tolist(),
+                neurons=decision.neurons or None,
+                intermediate_size=decision.width or None,
+            )
+        )
+    return plan_blocks, schedule
 
 
 def prune(
@@ -194,6 +242,10 @@ def apply_plan(
         )
         compensate(block, block_plan.kept, context)
         slice_block(block, block_plan.kept)
+        if block_plan.neurons:
+            position = {expert: i for i, expert in enumerate(block_plan.kept)}
+            narrowed = {position[e]: neurons for e, neurons in block_plan.neurons.items()}
+            setattr(block.module, block.adapter.experts, prune_neurons(block.experts, narrowed))
     counts = {b.num_kept for b in plan.blocks}
     adapter = get_adapter(model)
     set_expert_count(model, adapter, max(counts))

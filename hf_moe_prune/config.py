@@ -26,6 +26,7 @@ class MoEPruneConfig(QuantizationConfigMixin):
             `random`, ...).
         ratio (`float`, *optional*):
             Fraction of the routed experts to remove, in (0, 1). `ratio=0.5` keeps half of the experts of every layer.
+            With `unit="neuron"`: the fraction of routed-expert parameters removed (met exactly, to the neuron).
         num_experts_to_keep (`int`, *optional*):
             Number of routed experts each layer keeps (instead of `ratio`).
         allocation (`str`, `list[int]` or `dict[int, int]`, *optional*, defaults to `"uniform"`):
@@ -49,7 +50,14 @@ class MoEPruneConfig(QuantizationConfigMixin):
         ignore (`list[str | int]`, *optional*):
             MoE layers left alone: decoder-layer indices, or glob patterns on the block's module name
             (e.g. `"model.layers.0.*"`).
-        method_kwargs (`dict`, *optional*): Extra options for the scoring method.
+        method_kwargs (`dict`, *optional*): Extra options for the scoring method; with `unit="neuron"` also the neuron
+            schedule: `keep_whole`, `neuron_keep` (the trapezoid's `(shallow, deep)` endpoints), `drop_experts`,
+            `neuron_score`, `min_neurons` (see `hf_moe_prune.neurons.schedule`).
+        unit (`str`, *optional*):
+            What is pruned: `"expert"` (whole experts) or `"neuron"` (intermediate neurons inside the less important
+            experts, every expert stays reachable; combine with whole experts through `method_kwargs["drop_experts"]`).
+            Defaults to the method's own (`neuron` for `tenp`, `expert` for the others). Neuron allocations are
+            `"trapezoid"` (TENP's, its default) and `"uniform"`.
         tokenizer (*optional*): Tokenizer for text calibration data; by default loaded from the model's path.
     """
 
@@ -69,6 +77,8 @@ class MoEPruneConfig(QuantizationConfigMixin):
         method_kwargs: dict[str, Any] | None = None,
         tokenizer: Any = None,
         experts_per_layer: dict[str, int] | None = None,
+        unit: str | None = None,
+        expert_widths: dict[str, list[int]] | None = None,
         **kwargs,
     ):
         self.quant_method = QUANT_METHOD
@@ -87,6 +97,9 @@ class MoEPruneConfig(QuantizationConfigMixin):
         self.tokenizer = tokenizer
         # Per-block expert counts of a pruned checkpoint; set when a non-uniform result is saved, read on reload.
         self.experts_per_layer = experts_per_layer
+        self.unit = unit
+        # Per-block intermediate width of every kept expert of a neuron-pruned checkpoint; read on reload.
+        self.expert_widths = expert_widths
         kwargs.pop("quant_method", None)
         for key, value in kwargs.items():  # keys written by newer versions of the library stay readable
             setattr(self, key, value)
@@ -95,22 +108,33 @@ class MoEPruneConfig(QuantizationConfigMixin):
     @property
     def is_pruned_checkpoint(self) -> bool:
         """True when this config describes an already pruned checkpoint (reload), not a pruning to run."""
-        return self.experts_per_layer is not None
+        return self.experts_per_layer is not None or self.expert_widths is not None
 
     def post_init(self) -> None:
         """Check every field and raise a `ValueError` that names the problem and the fix."""
         from .allocation import ALLOCATIONS
         from .compensation import COMPENSATIONS
         from .methods import METHODS
+        from .neurons.schedule import NEURON_ALLOCATIONS
 
         method = METHODS.get(self.method)  # raises with the list of methods
+        if self.unit is None:
+            self.unit = method.unit
+        if self.unit not in ("expert", "neuron"):
+            raise ValueError(f"unit must be 'expert' (whole experts) or 'neuron' (expert neurons), got {self.unit!r}.")
         if self.allocation is None:  # the method's own default (uniform for scoring-only methods)
             self.allocation = method.default_allocation
+            if self.unit == "expert" and self.allocation in NEURON_ALLOCATIONS:
+                self.allocation = "uniform"
         if self.compensation is None:
-            self.compensation = method.default_compensation
+            self.compensation = method.default_compensation if self.unit == "expert" else "none"
         COMPENSATIONS.get(self.compensation)
         explicit = not isinstance(self.allocation, str)
-        if isinstance(self.allocation, str) and self.allocation.lower() not in ALLOCATIONS.names():
+        if self.unit == "neuron":
+            self._check_neuron_unit()
+        elif self.allocation == "trapezoid":
+            raise ValueError("allocation='trapezoid' shapes neuron pruning: use it with unit='neuron'.")
+        if isinstance(self.allocation, str) and self.allocation.lower() not in [*ALLOCATIONS.names(), "trapezoid"]:
             raise ValueError(
                 f"allocation={self.allocation!r} is not supported; use one of {ALLOCATIONS.names()} or explicit "
                 "per-layer keep counts (a list in MoE-layer order or a dict {layer_index: count})."
@@ -143,6 +167,25 @@ class MoEPruneConfig(QuantizationConfigMixin):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if not all(isinstance(p, (str, int)) for p in self.ignore):
             raise ValueError(f"ignore must list layer indices or module-name patterns, got {self.ignore!r}.")
+
+    def _check_neuron_unit(self) -> None:
+        from .neurons.schedule import NEURON_ALLOCATIONS, schedule_options
+
+        if self.num_experts_to_keep is not None or not isinstance(self.allocation, str):
+            raise ValueError(
+                "unit='neuron' prunes a fraction of the routed-expert parameters: give `ratio`, not expert counts."
+            )
+        if self.allocation not in NEURON_ALLOCATIONS:
+            raise ValueError(
+                f"allocation={self.allocation!r} decides whole-expert counts; with unit='neuron' use one of "
+                f"{list(NEURON_ALLOCATIONS)}."
+            )
+        if self.compensation != "none":
+            raise ValueError(
+                f"compensation={self.compensation!r} adjusts experts for removed experts; with unit='neuron' use "
+                "compensation='none'."
+            )
+        schedule_options(self.allocation, self.method_kwargs)  # checks the schedule options
 
     def to_dict(self) -> dict[str, Any]:
         """Serializable fields (calibration data and tokenizer are runtime-only and left out)."""

@@ -18,6 +18,7 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_
 from .adapters import find_blocks
 from .api import PruneJob, prepare, prune, run
 from .config import QUANT_METHOD, MoEPruneConfig
+from .neurons import prune_neurons
 from .plan import PLAN_FILE, PrunePlan
 from .reshape import slice_block
 from .saving import attach_plan
@@ -38,7 +39,7 @@ class MoEPruneHfQuantizer(HfQuantizer):
         config = self.quantization_config
         if self.pre_quantized:
             if config.is_pruned_checkpoint:
-                _shrink_skeleton(model, config.experts_per_layer)
+                _shrink_skeleton(model, config.experts_per_layer or {}, config.expert_widths or {})
         else:
             self._job = prepare(model, config)
         return model
@@ -74,14 +75,19 @@ class MoEPruneHfQuantizer(HfQuantizer):
         return True
 
 
-def _shrink_skeleton(model, experts_per_layer: dict[str, int]) -> None:
+def _shrink_skeleton(model, experts_per_layer: dict[str, int], expert_widths: dict[str, list[int]]) -> None:
     blocks = {b.name: b for b in find_blocks(model)}
-    missing = set(experts_per_layer) - set(blocks)
+    missing = (set(experts_per_layer) | set(expert_widths)) - set(blocks)
     if missing:
         raise ValueError(f"The checkpoint's pruning config names MoE blocks {sorted(missing)} this model lacks.")
     for name, count in experts_per_layer.items():
         # Which experts were kept does not matter here: the checkpoint holds exactly `count` of them, renumbered.
         slice_block(blocks[name], list(range(count)))
+    for name, widths in expert_widths.items():
+        # Likewise the neurons: the checkpoint holds the kept ones, renumbered; only the widths shape the skeleton.
+        block = blocks[name]
+        narrowed = {e: list(range(w)) for e, w in enumerate(widths)}
+        setattr(block.module, block.adapter.experts, prune_neurons(block.experts, narrowed))
 
 
 def _saved_plan(model) -> PrunePlan | None:

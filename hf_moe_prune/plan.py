@@ -20,6 +20,9 @@ class BlockPlan:
         num_experts (`int`): Routed experts before pruning.
         kept (`list[int]`): Original indices of the kept experts, ascending (their new order).
         scores (`list[float]`, *optional*): The method's score of every original expert.
+        neurons (`dict[int, list[int]]`, *optional*): For experts narrowed by neuron pruning: original expert index →
+            its kept intermediate neurons (original indices, ascending). Kept experts not listed keep all neurons.
+        intermediate_size (`int`, *optional*): Intermediate neurons per expert before pruning (with `neurons`).
     """
 
     name: str
@@ -27,10 +30,26 @@ class BlockPlan:
     num_experts: int
     kept: list[int]
     scores: list[float] | None = None
+    neurons: dict[int, list[int]] | None = None
+    intermediate_size: int | None = None
+
+    def __post_init__(self):
+        if self.neurons is not None:  # JSON object keys are strings
+            self.neurons = {int(k): list(v) for k, v in self.neurons.items()}
+            unknown = set(self.neurons) - set(self.kept)
+            if unknown:
+                raise ValueError(f"{self.name}: neuron lists for experts {sorted(unknown)} that are not kept.")
 
     @property
     def num_kept(self) -> int:
         return len(self.kept)
+
+    @property
+    def widths(self) -> list[int] | None:
+        """Intermediate width of every kept expert in its new order, or None when no neuron was pruned."""
+        if not self.neurons:
+            return None
+        return [len(self.neurons[e]) if e in self.neurons else self.intermediate_size for e in self.kept]
 
 
 @dataclass
@@ -47,11 +66,18 @@ class PrunePlan:
     versions: dict[str, str] = field(default_factory=dict)
     stats_seconds: float | None = None
     parameters: dict[str, int] = field(default_factory=dict)
+    unit: str = "expert"
+    neuron_schedule: dict[str, Any] | None = None
 
     @property
     def is_uniform(self) -> bool:
-        """Every block keeps the same number of experts (a stock config can express the result)."""
-        return len({b.num_kept for b in self.blocks}) <= 1
+        """Every block keeps the same number of experts at full width (a stock config can express the result)."""
+        return len({b.num_kept for b in self.blocks}) <= 1 and not self.expert_widths
+
+    @property
+    def expert_widths(self) -> dict[str, list[int]]:
+        """`{block name: width of every kept expert}` for the blocks whose experts have different widths."""
+        return {b.name: b.widths for b in self.blocks if b.widths is not None}
 
     @property
     def experts_per_layer(self) -> dict[str, int]:
@@ -71,6 +97,7 @@ class PrunePlan:
             "base_model": self.base_model,
             "original_num_experts": {b.name: b.num_experts for b in self.blocks},
             "kept_experts": {b.name: b.kept for b in self.blocks},
+            **({"unit": self.unit, "expert_widths": self.expert_widths} if self.expert_widths else {}),
             "plan_file": PLAN_FILE,
             "library": "hf_moe_prune",
             "version": self.versions.get("hf_moe_prune"),

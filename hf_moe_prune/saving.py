@@ -30,7 +30,10 @@ def attach_plan(model: nn.Module, plan: PrunePlan) -> None:
         if isinstance(getattr(config, "quantization_config", None), MoEPruneConfig):
             del config.quantization_config
     else:
-        reload = MoEPruneConfig(**{**plan.config, "experts_per_layer": plan.experts_per_layer})
+        widths = plan.expert_widths or None
+        reload = MoEPruneConfig(
+            **{**plan.config, "experts_per_layer": plan.experts_per_layer, "expert_widths": widths}
+        )
         config.quantization_config = reload
         quantizer = getattr(model, "hf_quantizer", None)
         if quantizer is not None and isinstance(quantizer.quantization_config, MoEPruneConfig):

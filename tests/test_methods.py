@@ -21,7 +21,7 @@ def test_method_contract(method, family):
     for _ in range(2):
         model = tiny_model(family)
         config = MoEPruneConfig(
-            method=method, ratio=0.25, allocation="uniform", calibration=ROWS, batch_size=4, seed=3
+            method=method, ratio=0.25, allocation="uniform", calibration=ROWS, batch_size=4, seed=3, unit="expert"
         )
         plans.append(hf_moe_prune.prune(model, config, progress=False))
     first, second = plans
@@ -41,6 +41,7 @@ def test_methods_compute_their_formulas():
         "gate_sum": torch.tensor([2.0, 0.0, 1.5, 0.9], dtype=torch.float64),
         "norm_sum": torch.tensor([8.0, 0.0, 10.0, 3.0], dtype=torch.float64),
         "gate_norm_sum": torch.tensor([4.0, 0.0, 6.0, 2.7], dtype=torch.float64),
+        "direction_sum": torch.tensor([0.4, 0.0, 0.3, 0.5], dtype=torch.float64),
     }
     score = {name: METHODS.get(name).score for name in METHODS.names()}
     assert score["frequency"](stats).tolist() == [4, 0, 2, 1]
@@ -48,6 +49,8 @@ def test_methods_compute_their_formulas():
     assert score["ean"](stats).tolist() == [2.0, 0.0, 5.0, 3.0]
     torch.testing.assert_close(score["reap"](stats), torch.tensor([1.0, 0.0, 3.0, 2.7], dtype=torch.float64))
     assert score["reap"](stats, reduce="sum").tolist() == [4.0, 0.0, 6.0, 2.7]
+    torch.testing.assert_close(score["tenp"](stats), torch.tensor([0.1, 0.0, 0.15, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(score["tenp"](stats, importance="magnitude"), score["reap"](stats))
     generator = torch.Generator().manual_seed(0)
     assert score["random"](stats, generator).shape == (4,)
 

@@ -26,8 +26,15 @@ def _fixed_routing_block(norm_topk_prob):
 
 
 def _expert_output(experts, j, x):
+    return F.linear(_activations(experts, j, x), experts.down_proj[j])
+
+
+def _activations(experts, j, x):
     gate, up = F.linear(x, experts.gate_up_proj[j]).chunk(2, dim=-1)
-    return F.linear(F.silu(gate) * up, experts.down_proj[j])
+    return F.silu(gate) * up
+
+
+EXPERT_STATISTICS = ("count", "gate_sum", "norm_sum", "gate_norm_sum")
 
 
 @pytest.mark.parametrize("norm_topk_prob", [True, False])
@@ -46,7 +53,10 @@ def test_statistics_equal_hand_computed_values(norm_topk_prob, outputs):
         plain_output = block.module(x.unsqueeze(0))
     torch.testing.assert_close(observed_output, plain_output, rtol=1e-5, atol=1e-6)  # observing changes nothing
 
+    width = block.experts.down_proj.shape[-1]
     expected = {n: torch.zeros(8, dtype=torch.float64) for n in STATISTICS}
+    expected["neuron_magnitude"] = torch.zeros(8, width, dtype=torch.float64)
+    expected["neuron_projection"] = torch.zeros(8, width, dtype=torch.float64)
     denominator = 8 - 2  # softmax over logits (8, 4, 0 x 6)
     p_a, p_b = torch.tensor([8.0, 4.0]).exp() / (torch.tensor([8.0, 4.0]).exp().sum() + denominator)
     if norm_topk_prob:
@@ -54,11 +64,17 @@ def test_statistics_equal_hand_computed_values(norm_topk_prob, outputs):
     with torch.no_grad():
         for t, (a, b) in enumerate(ROUTES):
             for j, g in ((a, p_a), (b, p_b)):
-                norm = _expert_output(block.experts, j, x[t]).norm().item()
+                output = _expert_output(block.experts, j, x[t])
+                norm = output.norm().item()
                 expected["count"][j] += 1
                 expected["gate_sum"][j] += g.item()
                 expected["norm_sum"][j] += norm
                 expected["gate_norm_sum"][j] += g.item() * norm
+                turn = 1 - F.cosine_similarity(x[t], x[t] + g * output, dim=0).item()
+                expected["direction_sum"][j] += g.item() * norm * turn
+                active, down = _activations(block.experts, j, x[t]), block.experts.down_proj[j]  # [I], [hidden, I]
+                expected["neuron_magnitude"][j] += (active.abs() * down.norm(dim=0)).double()
+                expected["neuron_projection"][j] += (active * (output / norm @ down)).double()
     stats = observer.stats
     assert stats.tokens == len(ROUTES)
     for name in names:
@@ -97,7 +113,7 @@ def test_llama4_style_statistics_read_gated_inputs():
     model = tiny_model("llama4_text", router_scale=4.0)
     block = find_blocks(model)[0]
     x = torch.randn(5, block.experts.hidden_size, generator=torch.Generator().manual_seed(0))
-    observer = ExpertObserver(block, frozenset(STATISTICS))
+    observer = ExpertObserver(block, frozenset(EXPERT_STATISTICS))
     observer.attach()
     try:
         with torch.no_grad():
@@ -107,7 +123,7 @@ def test_llama4_style_statistics_read_gated_inputs():
     with torch.no_grad():
         scores, _ = block.router(x)
         gates, index = torch.topk(scores, block.top_k, dim=-1)
-        expected = {n: torch.zeros(block.num_experts, dtype=torch.float64) for n in STATISTICS}
+        expected = {n: torch.zeros(block.num_experts, dtype=torch.float64) for n in EXPERT_STATISTICS}
         for t in range(5):
             for g, j in zip(gates[t].tolist(), index[t].tolist()):
                 inp = (g * x[t]).view(1, 1, -1)
@@ -117,6 +133,8 @@ def test_llama4_style_statistics_read_gated_inputs():
                 expected["gate_sum"][j] += g
                 expected["norm_sum"][j] += norm
                 expected["gate_norm_sum"][j] += norm  # the gate is inside f_j(g * x)
-    for name in STATISTICS:
+    for name in EXPERT_STATISTICS:
         torch.testing.assert_close(observer.stats[name], expected[name], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="not available for this family"):
+        ExpertObserver(block, frozenset({"count", "direction_sum"})).attach()
     assert not block.router._forward_hooks and not block.experts._forward_hooks

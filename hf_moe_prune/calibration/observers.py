@@ -7,14 +7,17 @@ groups). Observing its inputs therefore gives the real selection and gate values
 Output norms ||f_j(x)|| need each routed expert's output before gating, which the fused forward sums away. For
 those the observer calls the model's own experts forward once on the routed (token, slot) rows with unit gates: it
 evaluates exactly the same k expert rows per token as the normal forward, records the norms, and returns the gated sum.
+Per-neuron statistics need the intermediate activations too: then each routed expert is evaluated from its fused
+tensors by `hf_moe_prune.neurons.expert_intermediate` (the module's own gate function and activation), once.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..adapters import MoEBlock
-from ..methods import OUTPUT_STATISTICS
+from ..methods import NEURON_STATISTICS, OUTPUT_STATISTICS
 from .stats import LayerStats
 
 
@@ -24,7 +27,13 @@ class ExpertObserver:
     def __init__(self, block: MoEBlock, names: frozenset[str]):
         self.block = block
         self.names = frozenset(names)
-        self.stats = LayerStats(block.num_experts, self.names)
+        self.layout = None
+        if self.names & NEURON_STATISTICS:
+            from ..neurons import neuron_layout
+
+            self.layout = neuron_layout(block.experts)  # raises for experts whose neurons cannot be located
+        width = self.layout.width if self.layout is not None else None
+        self.stats = LayerStats(block.num_experts, self.names, width)
         self._handle = None
         self._patched = False
 
@@ -35,6 +44,11 @@ class ExpertObserver:
     def attach(self) -> None:
         experts = self.block.experts
         if self.block.adapter.routing == "dense_scaled_input":
+            if "direction_sum" in self.names or self.layout is not None:
+                raise ValueError(
+                    f"{self.block.adapter.model_type}: its experts scale their inputs by the gate, so direction and "
+                    "neuron statistics (tenp, unit='neuron') are not available for this family."
+                )
             self._handles = [
                 self.block.router.register_forward_hook(self._keep_router_scores),
                 experts.register_forward_hook(self._dense_outputs),
@@ -86,20 +100,47 @@ class ExpertObserver:
         tokens, k = top_k_index.shape
         flat = hidden_states.reshape(tokens, -1)  # DBRX passes [batch, seq, hidden]; the others [tokens, hidden]
         rows = flat.repeat_interleave(k, dim=0)
-        unit = torch.ones(tokens * k, 1, dtype=top_k_weights.dtype, device=top_k_weights.device)
-        outputs = original(rows, top_k_index.reshape(-1, 1), unit, *args, **kwargs).reshape(tokens * k, -1)
-        self._record(top_k_index, top_k_weights, outputs)  # outputs: f_j(x) per (token, slot)
+        if self.layout is not None:
+            outputs = self._per_expert(rows, top_k_index.reshape(-1))
+        else:
+            unit = torch.ones(tokens * k, 1, dtype=top_k_weights.dtype, device=top_k_weights.device)
+            outputs = original(rows, top_k_index.reshape(-1, 1), unit, *args, **kwargs).reshape(tokens * k, -1)
+        self._record(top_k_index, top_k_weights, outputs, inputs=rows)  # outputs: f_j(x) per (token, slot)
         gated = outputs.view(tokens, k, -1) * top_k_weights.reshape(tokens, k, 1).to(outputs.dtype)
         return gated.sum(dim=1).view(hidden_states.shape)
 
     @torch.no_grad()
-    def _record(self, top_k_index, top_k_weights, outputs, gated: bool = False) -> None:
+    def _per_expert(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Outputs f_j(x) of every (token, slot) row, recording per-neuron statistics on the way."""
+        from ..neurons.layout import down_columns, expert_intermediate
+
+        experts, stats = self.block.experts, self.stats
+        outputs = torch.zeros_like(rows)
+        for expert in index.unique().tolist():
+            if expert >= stats.num_experts:  # expert-parallel sentinel
+                continue
+            where = (index == expert).nonzero().squeeze(-1)
+            active, output = expert_intermediate(experts, self.layout, rows[where], expert)
+            outputs[where] = output.to(outputs.dtype)
+            down = down_columns(experts, self.layout, expert).float()  # [hidden, I]
+            if "neuron_magnitude" in self.names:
+                totals = active.float().abs().sum(0) * down.norm(dim=0)
+                stats.add_("neuron_magnitude", torch.tensor([expert], device=totals.device), totals.unsqueeze(0))
+            if "neuron_projection" in self.names:
+                direction = F.normalize(output.float(), dim=-1)  # [n, hidden]
+                totals = (active.float() * (direction @ down)).sum(0)
+                stats.add_("neuron_projection", torch.tensor([expert], device=totals.device), totals.unsqueeze(0))
+        return outputs
+
+    @torch.no_grad()
+    def _record(self, top_k_index, top_k_weights, outputs, gated: bool = False, inputs=None) -> None:
         index = top_k_index.reshape(-1)
         gates = top_k_weights.reshape(-1).float()
         valid = index < self.stats.num_experts  # expert-parallel sentinels point past the last local expert
         if not bool(valid.all()):
             index, gates = index[valid], gates[valid]
             outputs = outputs[valid] if outputs is not None else None
+            inputs = inputs[valid] if inputs is not None else None
         stats = self.stats
         if "count" in self.names:
             stats.add_("count", index, torch.ones_like(gates))
@@ -111,4 +152,9 @@ class ExpertObserver:
                 stats.add_("norm_sum", index, norms)
             if "gate_norm_sum" in self.names:
                 stats.add_("gate_norm_sum", index, norms if gated else gates * norms)
+            if "direction_sum" in self.names:
+                # How far the gated expert output turns the token it is added to.
+                x = inputs.float()
+                turn = 1 - F.cosine_similarity(x, x + gates.unsqueeze(-1) * outputs.float(), dim=-1)
+                stats.add_("direction_sum", index, gates * norms * turn)
         stats.tokens += top_k_index.shape[0]

@@ -8,16 +8,27 @@ import torch
 
 
 class LayerStats:
-    """Named `[E]` float64 sums over the routed (token, expert) pairs of one MoE block, plus the token count.
+    """Named float64 sums over the routed (token, expert) pairs of one MoE block, plus the token count.
+
+    Per-expert statistics are `[E]`; per-neuron statistics (`hf_moe_prune.methods.NEURON_STATISTICS`) `[E, width]`.
 
     Args:
         num_experts (`int`): Number of routed experts of the block.
         names (`Iterable[str]`): Statistics to hold (see `hf_moe_prune.methods.STATISTICS`).
+        width (`int`, *optional*): Intermediate neurons per expert, for per-neuron statistics (without it they are
+            created, zero, at their first `add_`).
     """
 
-    def __init__(self, num_experts: int, names: Iterable[str] = ()):
+    def __init__(self, num_experts: int, names: Iterable[str] = (), width: int | None = None):
+        from ..methods import NEURON_STATISTICS
+
         self.num_experts = num_experts
-        self.tensors: dict[str, torch.Tensor] = {n: torch.zeros(num_experts, dtype=torch.float64) for n in names}
+        self.tensors: dict[str, torch.Tensor] = {}
+        for name in names:
+            if name in NEURON_STATISTICS and width is None:
+                continue
+            shape = (num_experts, width) if name in NEURON_STATISTICS else (num_experts,)
+            self.tensors[name] = torch.zeros(shape, dtype=torch.float64)
         self.tokens = 0
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -30,7 +41,11 @@ class LayerStats:
 
     def add_(self, name: str, index: torch.Tensor, values: torch.Tensor) -> None:
         """`stats[name][index[i]] += values[i]`, on the device of the values (moved to it on first use)."""
-        current = self.tensors[name]
+        current = self.tensors.get(name)
+        if current is None:
+            current = self.tensors[name] = torch.zeros(
+                (self.num_experts, *values.shape[1:]), dtype=torch.float64, device=values.device
+            )
         if current.device != values.device:
             current = self.tensors[name] = current.to(values.device)
         current.index_add_(0, index, values.to(torch.float64))

@@ -15,8 +15,16 @@ from ..registry import Registry
 #   gate_sum       sum of the gate values the model applied
 #   norm_sum       sum of ||f_j(x)||_2, the expert output before gating
 #   gate_norm_sum  sum of g_j(x) * ||f_j(x)||_2
-STATISTICS = ("count", "gate_sum", "norm_sum", "gate_norm_sum")
-OUTPUT_STATISTICS = frozenset({"norm_sum", "gate_norm_sum"})  # need the experts' outputs, not only the routing
+#   direction_sum  sum of g_j(x) * ||f_j(x)||_2 * (1 - cos(x, x + g_j(x) f_j(x))): how far the expert turns its input
+# and, per intermediate neuron i of expert j (`[E, I]` sums; a_i(x) the neuron's activation, W_d the down projection):
+#   neuron_magnitude   sum of |a_i(x)| * ||W_d[:, i]||
+#   neuron_projection  sum of a_i(x) * (W_d[:, i] . f_j(x) / ||f_j(x)||)
+STATISTICS = (
+    "count", "gate_sum", "norm_sum", "gate_norm_sum", "direction_sum", "neuron_magnitude", "neuron_projection"
+)
+NEURON_STATISTICS = frozenset({"neuron_magnitude", "neuron_projection"})
+# Need the experts' outputs, not only the routing.
+OUTPUT_STATISTICS = frozenset({"norm_sum", "gate_norm_sum", "direction_sum"}) | NEURON_STATISTICS
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,8 @@ class ScoringMethod:
             statistics pass; its scores replace `score`'s.
         default_allocation (`str`): Allocation used when the config does not name one.
         default_compensation (`str`): Compensation used when the config does not name one.
+        unit (`str`): What the method prunes by default: `"expert"` (whole experts) or `"neuron"` (intermediate
+            neurons inside experts, see `hf_moe_prune.neurons`).
     """
 
     name: str
@@ -42,6 +52,7 @@ class ScoringMethod:
     fit: Callable[..., dict] | None = None
     default_allocation: str = "uniform"
     default_compensation: str = "none"
+    unit: str = "expert"
 
     @property
     def needs_calibration(self) -> bool:
@@ -58,6 +69,7 @@ def register_method(
     fit: Callable[..., dict] | None = None,
     default_allocation: str = "uniform",
     default_compensation: str = "none",
+    unit: str = "expert",
 ):
     """Decorator registering `score(stats, generator, **kwargs)` as method `name`."""
 
@@ -68,7 +80,9 @@ def register_method(
     def decorator(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         METHODS.add(
             name,
-            ScoringMethod(name, frozenset(requires), fn, reference, fit, default_allocation, default_compensation),
+            ScoringMethod(
+                name, frozenset(requires), fn, reference, fit, default_allocation, default_compensation, unit
+            ),
         )
         return fn
 
