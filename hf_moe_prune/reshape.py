@@ -61,7 +61,8 @@ def slice_block(block: MoEBlock, kept: list[int]) -> None:
         if owner is not None:
             _slice_tensor(*owner, index, dim, num_experts)
     for module in (block.module, experts, block.router):
-        if isinstance(getattr(module, "num_experts", None), int):
+        # Only attributes that hold the expert count: OpenAI-privacy-filter's MLP names its top-k multiplier so.
+        if getattr(module, "num_experts", None) == num_experts and isinstance(module.num_experts, int):
             module.num_experts = len(kept)
 
 

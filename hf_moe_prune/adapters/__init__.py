@@ -2,6 +2,7 @@
 
 from . import (  # noqa: F401  (registration on import)
     afmoe,
+    aria_text,
     axk1,
     axk2,
     bailing_hybrid,
@@ -17,8 +18,11 @@ from . import (  # noqa: F401  (registration on import)
     exaone_moe,
     flex_olmo,
     flint,
+    gemma4_text,
     glm4_moe,
     glm4_moe_lite,
+    glm4v_moe_text,
+    glm5_next_text,
     glm_moe_dsa,
     gpt_oss,
     granitemoe,
@@ -46,6 +50,7 @@ from . import (  # noqa: F401  (registration on import)
     muse_spark_text,
     nemotron_h,
     olmoe,
+    openai_privacy_filter,
     phimoe,
     qwen2_moe,
     qwen3_5_moe_text,
@@ -53,6 +58,7 @@ from . import (  # noqa: F401  (registration on import)
     qwen3_next,
     qwen3_vl_moe_text,
     solar_open,
+    step3p5,
 )
 from .base import ADAPTERS, MoEAdapter, MoEBlock, find_blocks, get_adapter, text_config
 

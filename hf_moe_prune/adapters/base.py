@@ -111,8 +111,9 @@ class MoEBlock:
     def top_k(self) -> int:
         top_k = self._routing_attr("top_k", "num_experts_per_tok", "moe_topk")
         if top_k is None:
-            config = text_config(self.experts.config) if hasattr(self.experts, "config") else None
-            top_k = getattr(config, self.adapter.top_k_key, None)
+            # the config of the experts, else of the router or block (Gemma-4's experts keep none)
+            owner = next((m for m in (self.experts, self.router, self.module) if hasattr(m, "config")), None)
+            top_k = getattr(text_config(owner.config), self.adapter.top_k_key, None) if owner is not None else None
         if top_k is None:
             raise ValueError(f"{self.name}: cannot find the router's top-k; set `top_k_key` in the adapter.")
         return int(top_k)
@@ -159,7 +160,8 @@ def find_blocks(model: nn.Module, adapter: MoEAdapter | None = None) -> list[MoE
     adapter = adapter or get_adapter(model)
     blocks = []
     for name, module in model.named_modules():
-        if type(module).__name__ == adapter.block_class:
+        # Decoder-layer blocks (Gemma-4) exist in dense models too: only those holding a router are MoE blocks.
+        if type(module).__name__ == adapter.block_class and hasattr(module, adapter.router):
             match = _LAYER_RE.search("." + name)
             blocks.append(MoEBlock(name, int(match.group(1)) if match else len(blocks), module, adapter))
     if not blocks:

@@ -6,9 +6,15 @@ import functools
 import os
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    PreTrainedTokenizerFast,
+)
 
-from .tiny_configs import VOCAB_SIZE, tiny_kwargs
+from .tiny_configs import PARENTS, VOCAB_SIZE, tiny_kwargs
 
 SAMPLE_TEXT = (
     "Mixture-of-Experts language models route every token to a few experts chosen by a learned router. "
@@ -28,11 +34,16 @@ def tiny_config(model_type: str, **overrides):
 
     if model_type not in ADAPTERS:
         raise ValueError(f"No adapter for {model_type!r}; supported: {', '.join(ADAPTERS.names())}")
-    return AutoConfig.for_model(model_type, **{**tiny_kwargs(model_type), **overrides})
+    kwargs = {**tiny_kwargs(model_type), **overrides}
+    if model_type in PARENTS:  # a text decoder only registered inside its multimodal parent
+        parent, sub_configs = PARENTS[model_type]
+        return AutoConfig.for_model(parent, text_config=kwargs, **sub_configs)
+    return AutoConfig.for_model(model_type, **kwargs)
 
 
 def tiny_model(model_type: str, seed: int = 0, router_scale: float = 20.0, **overrides) -> torch.nn.Module:
-    """A tiny random model of `model_type` (`*ForCausalLM` when the family has one) in eval mode.
+    """A tiny random model of `model_type` (`*ForCausalLM` when the family has one, the multimodal parent's
+    `*ForConditionalGeneration` for `PARENTS` families) in eval mode.
 
     Router weights are scaled up by `router_scale` so that routing is decisive (as in trained models) instead of the
     near-uniform routing of a 0.02-std random init, which would make every expert look alike.
@@ -41,10 +52,13 @@ def tiny_model(model_type: str, seed: int = 0, router_scale: float = 20.0, **ove
 
     torch.manual_seed(seed)
     config = tiny_config(model_type, **overrides)
-    try:
-        model = AutoModelForCausalLM.from_config(config)
-    except ValueError:  # a few families only have a base model class
-        model = AutoModel.from_config(config)
+    if model_type in PARENTS:
+        model = AutoModelForImageTextToText.from_config(config)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_config(config)
+        except ValueError:  # a few families only have a base model class
+            model = AutoModel.from_config(config)
     try:
         blocks = find_blocks(model)
     except ValueError:  # all layers dense (a test of exactly that case)

@@ -91,8 +91,69 @@ FAMILY_OVERRIDES: dict[str, dict[str, Any]] = {
         "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
     },
     "mistral4": {"qk_head_dim": 16, "head_dim": 16},
-    "glm5_next_text": {"num_key_value_heads": 4},
+    # DSA attention layers are NoPE (no rotary dims); KDA linear attention, then the indexed (DSA) layer
+    "glm5_next_text": {
+        "num_key_value_heads": 4,
+        "qk_rope_head_dim": 0,
+        "qk_nope_head_dim": 16,
+        "index_topk": 16,
+        "index_kpool": 16,
+        "index_head_dim": 8,
+        "index_n_heads": 2,
+        "linear_head_dim": 8,
+        "linear_num_heads": 4,
+        "hc_mult": 2,
+        "num_hidden_layers": 3,
+        "mlp_layer_types": ["dense", "sparse", "sparse"],
+        "layer_types": ["linear_attention", "linear_attention", "indexed_attention"],
+    },
+    # head_dim 16 with partial rotary 0.5: 4 rotary frequencies, split over the 3 mrope axes (temporal, h, w)
+    "glm4v_moe_text": {
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
+    },
+    "gemma4_text": {  # the MoE variant (26B-A4B): experts beside the dense MLP of every layer
+        "enable_moe_block": True,
+        "top_k_experts": 2,
+        "global_head_dim": 16,
+        "hidden_size_per_layer_input": 0,
+        "vocab_size_per_layer_input": VOCAB_SIZE,
+    },
+    "step3p5": {  # Step-3.7-Flash's text decoder: dense first layers, sliding/full attention
+        "num_hidden_layers": 3,
+        "mlp_layer_types": ["dense", "sparse", "sparse"],
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+    },
 }
+
+
+# Text decoders whose `model_type` has no config registered on its own (only as the `text_config` of a multimodal
+# model): the tiny model is the parent with a tiny text config and these tiny sub-configs.
+PARENTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "step3p5": (
+        "step3p7",
+        {
+            "vision_config": {
+                "hidden_size": 16,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "image_size": 28,
+                "patch_size": 14,
+                "mlp_ratio": 2.0,
+                "max_position_embeddings": 4,
+            }
+        },
+    ),
+}
+
+
+def base_config(model_type: str):
+    """The default config of `model_type` (the text decoder's, for multimodal and `PARENTS` families)."""
+    if model_type in PARENTS:
+        return AutoConfig.for_model(PARENTS[model_type][0]).text_config
+    config = AutoConfig.for_model(model_type)
+    return getattr(config, "text_config", None) or config
 
 
 def _has(config, key: str) -> bool:
@@ -101,8 +162,7 @@ def _has(config, key: str) -> bool:
 
 def tiny_kwargs(model_type: str) -> dict[str, Any]:
     """Keyword arguments that shrink `model_type`'s default config to a few thousand parameters per layer."""
-    config = AutoConfig.for_model(model_type)
-    config = getattr(config, "text_config", None) or config
+    config = base_config(model_type)
     kwargs = {k: v for k, v in COMMON.items() if _has(config, k)}
     kwargs.update({k: 8 for k in COUNT_KEYS if _has(config, k)})
     kwargs.update({k: 2 for k in TOP_K_KEYS if _has(config, k)})
