@@ -75,6 +75,11 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
     else:
         keep_counts(blocks, config)  # raises before calibration when a layer's count is infeasible
         check_budget(blocks, config)
+    if needs_inputs(config.compensation) and not all(b.adapter.standalone for b in blocks):
+        raise ValueError(
+            f"compensation={config.compensation!r} re-runs each MoE block on its own, but a "
+            f"{blocks[0].adapter.model_type} block is a whole decoder layer: use compensation='none' or 'merge'."
+        )
     method = METHODS.get(config.method)
     rows = None
     if method.needs_calibration:

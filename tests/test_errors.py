@@ -145,3 +145,10 @@ def test_failed_save_leaves_nothing_half_written(tmp_path, monkeypatch):
         model.save_pretrained(tmp_path / "new")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before  # old save intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_compensation_that_reruns_blocks_is_refused_for_decoder_layer_blocks():
+    model = tiny_model("gemma4_text")
+    rows = torch.randint(1, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="whole decoder layer: use compensation='none' or 'merge'"):
+        hf_moe_prune.prune(model, MoEPruneConfig("compel", 0.5, calibration=rows), progress=False)

@@ -44,6 +44,8 @@ class MoEAdapter:
         routing (`str`): `"experts_call"` (the default): the experts module is called as `experts(hidden,
             top_k_index, top_k_weights)` with the gates the model applies; `"dense_scaled_input"`: Llama-4 style, the
             router returns `[tokens, E]` gates (0 for unselected experts) that scale the input of every expert.
+        standalone (`bool`): The block runs alone on hidden states (`block(h)`); False when the block is a whole
+            decoder layer (Gemma-4), which needs position embeddings: compensation that re-runs blocks is refused.
     """
 
     model_type: str
@@ -58,6 +60,7 @@ class MoEAdapter:
     shared: tuple[str, ...] = ()
     routing: str = "experts_call"
     flat_expert_tensors: tuple[str, ...] = ()
+    standalone: bool = True
 
     def expert_tensors(self) -> list[tuple[str, int]]:
         """Block-relative paths and expert dimensions of every router/extra tensor that carries an expert axis."""

@@ -14,5 +14,6 @@ ADAPTERS.add(
         router_weight="proj.weight",
         router_tensors=("per_expert_scale",),
         top_k_key="top_k_experts",
+        standalone=False,
     ),
 )
