@@ -118,13 +118,26 @@ def _add_prune(sub) -> None:
     pruning.add_argument("--method", default="reap", metavar="NAME", help=f"{BUILTIN_METHODS} (default: reap)")
     budget = pruning.add_mutually_exclusive_group()
     budget.add_argument(
-        "--ratio", type=_ratio, metavar="R", help="fraction of experts removed per layer (default: 0.5)"
+        "--ratio",
+        type=_ratio,
+        metavar="R",
+        help="fraction of experts removed (with --unit neuron: of routed-expert parameters) (default: 0.5)",
     )
     budget.add_argument("--num-experts-to-keep", type=_positive, metavar="N", help="experts each MoE layer keeps")
     pruning.add_argument(
-        "--allocation", metavar="COUNTS", help="uniform (default), or keep counts per layer: 12,10,10,8 or 0:12,3:8"
+        "--allocation",
+        metavar="NAME|COUNTS",
+        help="uniform, global, outlier, learned, evolutionary (experts), trapezoid (neurons), or keep counts per "
+        "layer: 12,10,10,8 or 0:12,3:8 (default: the method's own)",
     )
-    pruning.add_argument("--compensation", default="none", metavar="NAME", help="kept-expert adjustment (none)")
+    pruning.add_argument(
+        "--compensation", metavar="NAME", help="kept-expert adjustment: none, fisher, merge (default: the method's)"
+    )
+    pruning.add_argument(
+        "--unit",
+        choices=["expert", "neuron"],
+        help="prune whole experts or expert neurons (default: the method's own; neuron for tenp)",
+    )
     pruning.add_argument(
         "--method-kwargs", default="{}", metavar="JSON", help='method options, e.g. {"reduce": "sum"}'
     )

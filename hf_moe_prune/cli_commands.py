@@ -89,15 +89,18 @@ def parse_sources(values: list[str]) -> dict[str, str]:
     return sources
 
 
-def _allocation(value: str | None) -> str | list[int] | dict[int, int]:
-    if value is None or value == "uniform":
-        return "uniform"
+def _allocation(value: str | None) -> str | list[int] | dict[int, int] | None:
+    """None (the method's own), a named allocation, or keep counts per layer."""
+    if value is None or not any(c.isdigit() for c in value):
+        return value
     try:
         if ":" in value:
             return {int(k): int(v) for k, v in (item.split(":") for item in value.split(","))}
         return [int(x) for x in value.split(",")]
     except ValueError:
-        raise ValueError(f"--allocation must be 'uniform', 12,10,10,8 or 0:12,3:8; got {value!r}.") from None
+        raise ValueError(
+            f"--allocation must be a name (uniform, global, ...), 12,10,10,8 or 0:12,3:8; got {value!r}."
+        ) from None
 
 
 def prune_config(args: argparse.Namespace):
@@ -124,7 +127,7 @@ def prune_config(args: argparse.Namespace):
         budget["ratio"] = args.ratio
     elif args.num_experts_to_keep is not None:
         budget["num_experts_to_keep"] = args.num_experts_to_keep
-    elif allocation == "uniform":
+    elif allocation is None or isinstance(allocation, str):
         budget["ratio"] = 0.5
     calibration: Any = args.calibration
     if not calibration:
@@ -147,6 +150,7 @@ def prune_config(args: argparse.Namespace):
         batch_size=args.batch_size,
         seed=args.seed,
         method_kwargs=method_kwargs,
+        unit=args.unit,
         **budget,
     )
 
@@ -233,6 +237,12 @@ def run_prune(args: argparse.Namespace) -> dict[str, Any]:
         "parameters": plan.parameters,
         "prune_seconds": round(seconds, 2),
     }
+    if plan.unit == "neuron":  # share of each layer's routed-expert neurons kept
+        report["kept_neurons_per_layer"] = {
+            b.layer_idx: round(sum(b.widths or []) / (b.num_experts * b.intermediate_size), 4)
+            for b in plan.blocks
+            if b.intermediate_size
+        }
     texts = None if args.no_eval else eval_texts(args.eval_data, args.model)
     if texts:  # before saving, so that the model card shows the measured quality
         log("Evaluating before/after ...")

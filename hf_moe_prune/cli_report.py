@@ -26,6 +26,8 @@ def _print_prune(report: dict[str, Any]) -> None:
     params, disk = report["parameters"], report["safetensors_bytes"]
     print(f"\nPruned {report['model']} with {report['method']} -> {report['output']}")
     print(f"  experts kept per layer: {report['kept_experts_per_layer']}  ({report['prune_seconds']} s)")
+    if "kept_neurons_per_layer" in report:
+        print(f"  share of expert neurons kept per layer: {report['kept_neurons_per_layer']}")
     print(f"  parameters: {params['before']:,} -> {params['after']:,} ({params['after'] / params['before']:.1%})")
     if disk["before"]:
         print(f"  safetensors on disk: {disk['before'] / 1e6:.2f} MB -> {disk['after'] / 1e6:.2f} MB")

@@ -228,3 +228,15 @@ def test_help_documents_the_subcommands_and_exit_codes():
     text = cli.build_parser().format_help()
     for word in ("prune", "inspect", "eval", "plan", "exit codes", "bad usage"):
         assert word in text
+
+
+def test_prune_tenp_from_the_command_line(tmp_path):
+    output = tmp_path / "tenp"
+    args = ["prune", "--method", "tenp", "--ratio", "0.4", *SMALL, "--no-eval", "--output", output, "--json"]
+    report = json.loads(ok(*args, "--quiet").stdout)
+    assert report["kept_experts_per_layer"] == {str(i): 16 for i in range(4)}  # every expert stays
+    kept = list(report["kept_neurons_per_layer"].values())
+    assert kept == sorted(kept) and kept[0] < kept[-1]  # the trapezoid keeps more in deeper layers
+    assert report["parameters"]["after"] < report["parameters"]["before"]
+    reloaded = AutoModelForCausalLM.from_pretrained(output)
+    assert sum(p.numel() for p in reloaded.parameters()) == report["parameters"]["after"]
