@@ -76,9 +76,29 @@ def neuron_layout(experts: nn.Module) -> NeuronLayout:
     transposed = bool(experts.is_transposed)
     down = experts.down_proj
     width = int(down.shape[1] if transposed else down.shape[2])
-    return NeuronLayout(
-        bool(experts.has_gate), transposed, bool(experts.is_concatenated), bool(experts.has_bias), width
-    )
+    has_gate = bool(experts.has_gate)
+    concatenated = getattr(experts, "is_concatenated", None)
+    if concatenated is None:  # transformers < 5.6 does not say: ask the gate function itself
+        concatenated = _probe_concatenated(experts) if has_gate else True
+    return NeuronLayout(has_gate, transposed, bool(concatenated), bool(experts.has_bias), width)
+
+
+@torch.no_grad()
+def _probe_concatenated(experts: nn.Module) -> bool:
+    """Whether `experts._apply_gate` pairs column `i` with `i + I` (gate rows, then up rows) or `2i` with `2i + 1`."""
+    # Explicitly on the CPU: this also runs while a meta-device skeleton is being built.
+    probe = torch.rand(1, 8, generator=torch.Generator().manual_seed(0), device="cpu") + 0.5
+    base = experts._apply_gate(probe)
+    depends = []
+    for column in range(8):
+        moved = probe.clone()
+        moved[0, column] += 0.25
+        depends.append(int((experts._apply_gate(moved) - base).abs().argmax()))
+    if depends == [0, 1, 2, 3, 0, 1, 2, 3]:
+        return True
+    if depends == [0, 0, 1, 1, 2, 2, 3, 3]:
+        return False
+    raise ValueError(f"{type(experts).__name__}: cannot tell how its gate function pairs gate and up projections.")
 
 
 def slice_neurons(experts: nn.Module, layout: NeuronLayout, neurons: list[int]) -> dict[str, torch.Tensor]:
