@@ -131,6 +131,26 @@ def _usage(repo: str, uniform: bool, remote_code: bool) -> str:
     return "\n".join(lines)
 
 
+def _neuron_shares(plan) -> list[dict[str, Any]] | None:
+    """Per layer: experts kept whole, narrowed, and the share of routed-expert neurons kept (neuron plans only)."""
+    if not plan.expert_widths:
+        return None
+    rows = []
+    for b in plan.blocks:
+        widths = b.widths or [b.intermediate_size] * b.num_kept
+        full = b.intermediate_size or max(widths)
+        rows.append(
+            {
+                "layer": b.layer_idx,
+                "whole": sum(w == full for w in widths),
+                "narrowed": sum(w < full for w in widths),
+                "widths": ", ".join(str(w) for w in sorted(set(widths), reverse=True)),
+                "share": f"{sum(widths) / (b.num_experts * full):.1%}",
+            }
+        )
+    return rows
+
+
 def render_model_card(
     plan: PrunePlan,
     model=None,
@@ -167,13 +187,25 @@ def render_model_card(
         f"{experts_before - experts_after} of {experts_before} routed experts removed "
         f"({'every MoE layer keeps ' + str(counts[0]) if uniform else 'per-layer counts ' + str(counts)})."
     )
+    neurons = _neuron_shares(plan)
+    if neurons:
+        narrowed = sum(len(b.neurons or {}) for b in plan.blocks)
+        summary = (
+            f"{narrowed} of {experts_after} kept routed experts narrowed to fewer intermediate neurons "
+            f"({experts_before - experts_after} removed whole); every kept expert stays reachable by the router."
+        )
     calibration = plan.calibration
     calib_text = calibration.get("source", "none")
     if calibration.get("tokens"):
         calib_text += (
             f", {calibration['rows']} rows × {calibration['seq_len']} tokens ({calibration['tokens']:,} tokens)"
         )
-    if uniform:
+    if neurons:
+        allocation = (
+            f"{plan.config.get('allocation')} neuron schedule (experts of different widths; loading needs "
+            "`import hf_moe_prune`)"
+        )
+    elif uniform:
         allocation = "uniform (a stock checkpoint: plain transformers loads it)"
     elif remote_code:
         allocation = "non-uniform (per-layer counts; loading needs `trust_remote_code=True`, not hf_moe_prune)"
@@ -208,6 +240,7 @@ def render_model_card(
             {"layer": b.layer_idx, "kept": b.num_kept, "total": b.num_experts, "ids": ", ".join(map(str, b.kept))}
             for b in plan.blocks
         ],
+        neurons=neurons,
         quality=format_quality(quality),
         citation=CITATIONS.get(arxiv.group(1)) if arxiv else None,
     )

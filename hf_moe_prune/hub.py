@@ -93,6 +93,12 @@ def push_to_hub(
         )
     remote_code = remote_code and not plan.is_uniform  # a uniform plan is a stock checkpoint: no code needed
     if remote_code:
+        if plan.expert_widths:
+            raise ValueError(
+                "remote_code=True cannot publish experts of different widths (neuron pruning): the loading code "
+                "would need hf_moe_prune's width-grouped experts. Publish without remote_code; loading then needs "
+                "`import hf_moe_prune`."
+            )
         _check_remote_code(model)
     api = HfApi(token=token)
     with _hub_errors(repo_id, api.endpoint, "creating the repository"):

@@ -156,6 +156,8 @@ def test_neuron_pruned_fixture_reloads_through_from_pretrained(tmp_path):
     model.save_pretrained(tmp_path / "tenp")
     saved_plan = json.loads((tmp_path / "tenp" / "moe_pruning_plan.json").read_text())
     assert saved_plan["unit"] == "neuron" and saved_plan["blocks"][0]["neurons"]
+    card = (tmp_path / "tenp" / "README.md").read_text()
+    assert "Expert neurons kept per MoE layer" in card and "every kept expert stays reachable" in card
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "tenp")
     torch.testing.assert_close(_logits(reloaded), _logits(model), rtol=1e-5, atol=1e-6)
     assert reloaded.moe_pruning_plan.expert_widths == plan.expert_widths
@@ -209,3 +211,12 @@ def test_a_neuron_pruned_model_is_not_pruned_again():
     hf_moe_prune.prune(model, MoEPruneConfig("tenp", 0.4, calibration=ROWS), progress=False)
     with pytest.raises(ValueError, match="already neuron-pruned"):
         hf_moe_prune.prune(model, MoEPruneConfig("reap", 0.25, calibration=ROWS), progress=False)
+
+
+def test_remote_code_publishing_refuses_experts_of_different_widths():
+    from hf_moe_prune.hub import push_to_hub
+
+    model = tiny_model("qwen3_moe")
+    hf_moe_prune.prune(model, MoEPruneConfig("tenp", 0.4, calibration=ROWS), progress=False)
+    with pytest.raises(ValueError, match="cannot publish experts of different widths"):
+        push_to_hub(model, "tester/tenp", remote_code=True)  # refused before anything is uploaded
