@@ -11,6 +11,7 @@ import torch
 from .adapters import MoEBlock, find_blocks, get_adapter, text_config
 from .allocation import allocate, check_budget, keep_counts, select_experts
 from .calibration import LayerStats, calibration_rows, collect_stats, describe
+from .calibration.distributed import broadcast_plan
 from .compensation import COMPENSATIONS, BlockInputRecorder, CompensationContext, needs_inputs
 from .config import MoEPruneConfig
 from .methods import METHODS, ScoringMethod
@@ -163,6 +164,7 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
         unit=config.unit,
         neuron_schedule=schedule,
     )
+    plan = broadcast_plan(plan)  # under torch.distributed: rank 0's decision on every rank, before it is applied
     before = sum(p.numel() for p in model.parameters())
     apply_plan(model, plan, stats=stats, compensation=config.compensation, inputs=inputs)
     plan.parameters = {"before": before, "after": sum(p.numel() for p in model.parameters())}

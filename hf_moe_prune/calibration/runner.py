@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 from transformers.utils.logging import is_progress_bar_enabled
 
 from ..adapters import MoEBlock
+from .distributed import BatchSums, check_recorders, is_main_process, local_batches
 from .observers import ExpertObserver
 from .stats import LayerStats
 
@@ -40,8 +41,16 @@ def collect_stats(
         batch_size: Rows per forward.
         progress: Show a tqdm progress bar.
         recorders: Further hooks (objects with `attach()`/`detach()`) that read the same forward passes.
+
+    Under an initialized `torch.distributed` process group of several processes, every rank must call this with the
+    same `rows`: each runs only its share of the batches and all return the statistics of all of them, bit-identical
+    to a single-process run (see `hf_moe_prune.calibration.distributed`).
     """
+    check_recorders(recorders)  # their block-input samples are not gathered across processes
     observers = [ExpertObserver(block, requires) for block in blocks]
+    # Each batch is summed on its own and the batch sums are added in batch order, in one process or across many,
+    # so that data-parallel calibration gives exactly the single-process totals.
+    sums = BatchSums(observers, num_batches=-(-len(rows) // batch_size))
     device = model_device(model)
     extra = {}
     params = inspect.signature(model.forward).parameters
@@ -49,17 +58,20 @@ def collect_stats(
         extra["logits_to_keep"] = 1
     if "use_cache" in params:
         extra["use_cache"] = False
-    disabled = not progress or not is_progress_bar_enabled()  # honours transformers' disable_progress_bar()
+    # honours transformers' disable_progress_bar(); one bar for all the ranks
+    disabled = not progress or not is_progress_bar_enabled() or not is_main_process()
     was_training = model.training
     model.eval()
     try:
         for observer in (*observers, *recorders):
             observer.attach()
         with torch.no_grad():
-            for start in tqdm(range(0, len(rows), batch_size), desc="calibration", unit="batch", disable=disabled):
+            starts = local_batches(len(rows), batch_size)  # all the batches, or this rank's share of them
+            for start in tqdm(starts, desc="calibration", unit="batch", disable=disabled):
                 model(input_ids=rows[start : start + batch_size].to(device), **extra)
+                sums.take(observers)
     finally:
         for observer in (*observers, *recorders):
             observer.detach()
         model.train(was_training)
-    return {o.block.name: o.stats.cpu() for o in observers}
+    return sums.result()  # under a process group: a collective, and the same totals on every rank
