@@ -95,12 +95,7 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
     config, method = job.config, job.method
     start = time.perf_counter()
     wants_inputs = needs_inputs(config.compensation)
-    requires, method_kwargs, options = method.requires, dict(config.method_kwargs), None
-    if config.unit == "neuron":
-        options = schedule_options(config.allocation, method_kwargs)
-        requires = requires | {NEURON_SCORES[options["neuron_score"]]}
-    for key in SCHEDULE_KEYS:  # schedule options are not the scoring function's
-        method_kwargs.pop(key, None)
+    requires, _, _ = statistics_needed(job)
     recorder = None
     if job.rows is not None and (wants_inputs or config.allocation == "outlier"):
         recorder = BlockInputRecorder(job.blocks, len(job.rows), config.batch_size, seed=config.seed)
@@ -125,7 +120,39 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
         inputs, context["input_norms"] = recorder.result()
         if not wants_inputs:
             inputs = None
-    seconds = time.perf_counter() - start
+    plan = decide(job, model.config, stats, fitted, context, time.perf_counter() - start)
+    plan = broadcast_plan(plan)  # under torch.distributed: rank 0's decision on every rank, before it is applied
+    before = sum(p.numel() for p in model.parameters())
+    apply_plan(model, plan, stats=stats, compensation=config.compensation, inputs=inputs)
+    plan.parameters = {"before": before, "after": sum(p.numel() for p in model.parameters())}
+    return plan
+
+
+def statistics_needed(job: PruneJob) -> tuple[frozenset[str], dict[str, Any], dict[str, Any] | None]:
+    """The statistics calibration must collect, the scoring function's own kwargs, and the neuron schedule's
+    options (None for whole-expert pruning)."""
+    config, method = job.config, job.method
+    requires, method_kwargs, options = method.requires, dict(config.method_kwargs), None
+    if config.unit == "neuron":
+        options = schedule_options(config.allocation, method_kwargs)
+        requires = requires | {NEURON_SCORES[options["neuron_score"]]}
+    for key in SCHEDULE_KEYS:  # schedule options are not the scoring function's
+        method_kwargs.pop(key, None)
+    return requires, method_kwargs, options
+
+
+def decide(
+    job: PruneJob,
+    model_config,
+    stats: dict[str, LayerStats],
+    fitted: dict[str, torch.Tensor] | None = None,
+    context: dict[str, Any] | None = None,
+    seconds: float = 0.0,
+) -> PrunePlan:
+    """Score every expert from the calibration statistics (or a method's fit), allocate the budget and choose what
+    each block keeps; the model is not changed."""
+    config, method = job.config, job.method
+    _, method_kwargs, options = statistics_needed(job)
     generator = torch.Generator().manual_seed(config.seed)
     all_scores = {}
     for block in job.blocks:
@@ -151,12 +178,12 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
     calibration = {"source": describe(config.calibration)}
     if job.rows is not None:
         calibration.update(rows=int(job.rows.shape[0]), seq_len=int(job.rows.shape[1]), tokens=int(job.rows.numel()))
-    plan = PrunePlan(
+    return PrunePlan(
         method=method.name,
-        model_type=text_config(model.config).model_type,
+        model_type=text_config(model_config).model_type,
         blocks=plan_blocks,
         ratio=config.ratio,
-        base_model=getattr(model.config, "name_or_path", None) or None,
+        base_model=getattr(model_config, "name_or_path", None) or None,
         calibration=calibration,
         config=config.to_dict(),
         versions=_versions(),
@@ -164,11 +191,6 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
         unit=config.unit,
         neuron_schedule=schedule,
     )
-    plan = broadcast_plan(plan)  # under torch.distributed: rank 0's decision on every rank, before it is applied
-    before = sum(p.numel() for p in model.parameters())
-    apply_plan(model, plan, stats=stats, compensation=config.compensation, inputs=inputs)
-    plan.parameters = {"before": before, "after": sum(p.numel() for p in model.parameters())}
-    return plan
 
 
 def _neuron_blocks(blocks, scores, stats, config, options) -> tuple[list[BlockPlan], dict]:

@@ -58,6 +58,13 @@ class MoEPruneConfig(QuantizationConfigMixin):
             experts, every expert stays reachable; combine with whole experts through `method_kwargs["drop_experts"]`).
             Defaults to the method's own (`neuron` for `tenp`, `expert` for the others). Neuron allocations are
             `"trapezoid"` (TENP's, its default) and `"uniform"`.
+        streaming (`bool`, *optional*, defaults to `False`):
+            With `from_pretrained(path, pruning_config=...)`: decide the plan layer by layer from the checkpoint files
+            and then read only the kept experts, so the full model is never in memory (see `hf_moe_prune.streaming`;
+            forward-statistics methods only).
+        propagation (`str`, *optional*, defaults to `"dense"`):
+            With `streaming=True`: what each layer sees during calibration: the unpruned previous layers' outputs
+            (`"dense"`, the same statistics as a full forward) or the already pruned ones (`"pruned"`).
         tokenizer (*optional*): Tokenizer for text calibration data; by default loaded from the model's path.
     """
 
@@ -79,6 +86,8 @@ class MoEPruneConfig(QuantizationConfigMixin):
         experts_per_layer: dict[str, int] | None = None,
         unit: str | None = None,
         expert_widths: dict[str, list[int]] | None = None,
+        streaming: bool = False,
+        propagation: str = "dense",
         **kwargs,
     ):
         self.quant_method = QUANT_METHOD
@@ -100,6 +109,8 @@ class MoEPruneConfig(QuantizationConfigMixin):
         self.unit = unit
         # Per-block intermediate width of every kept expert of a neuron-pruned checkpoint; read on reload.
         self.expert_widths = expert_widths
+        self.streaming = streaming
+        self.propagation = propagation
         kwargs.pop("quant_method", None)
         for key, value in kwargs.items():  # keys written by newer versions of the library stay readable
             setattr(self, key, value)
@@ -165,6 +176,10 @@ class MoEPruneConfig(QuantizationConfigMixin):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not isinstance(self.streaming, bool):
+            raise ValueError(f"streaming must be True or False, got {self.streaming!r}.")
+        if self.propagation not in ("dense", "pruned"):
+            raise ValueError(f"propagation must be 'dense' or 'pruned', got {self.propagation!r}.")
         if not all(isinstance(p, (str, int)) for p in self.ignore):
             raise ValueError(f"ignore must list layer indices or module-name patterns, got {self.ignore!r}.")
 

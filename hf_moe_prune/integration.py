@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 
+import torch
 from transformers import PreTrainedModel
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
@@ -129,6 +130,8 @@ def _install_from_pretrained() -> None:
                 pruning_config if isinstance(pruning_config, MoEPruneConfig) else MoEPruneConfig(**pruning_config)
             )
         request = kwargs.get("quantization_config")
+        if isinstance(request, MoEPruneConfig) and request.streaming and args:
+            return _stream(cls, args[0], request, kwargs)
         if isinstance(request, MoEPruneConfig) and args and _is_pruned_checkpoint(args[0], kwargs):
             # transformers would keep the checkpoint's own pruning config and silently ignore the new request:
             # load the pruned model as it is, then prune it further.
@@ -140,6 +143,34 @@ def _install_from_pretrained() -> None:
 
     from_pretrained._hf_moe_prune = True
     PreTrainedModel.from_pretrained = classmethod(from_pretrained)
+
+
+def _stream(cls, path, request: MoEPruneConfig, kwargs: dict):
+    """`from_pretrained` with `streaming=True`: plan layer by layer, then load only the kept experts."""
+    from .streaming import stream_prune
+
+    # What Auto* classes pass along, and the loading options streaming honours.
+    known = {"quantization_config", "dtype", "torch_dtype", "device_map", "config", "adapter_kwargs"}
+    known |= {"trust_remote_code", "token", "revision", "cache_dir", "local_files_only"}
+    unsupported = sorted(key for key in set(kwargs) - known if kwargs[key] not in (None, {}, False))
+    if unsupported:
+        raise ValueError(f"from_pretrained(..., streaming pruning) does not take {unsupported}; load without them.")
+    device = kwargs.get("device_map")
+    if (device is not None and not isinstance(device, (str, torch.device))) or device == "auto":
+        raise ValueError("Streaming pruning loads onto one device: give device_map='cpu', 'cuda:0', ... or none.")
+    hub = {k: kwargs[k] for k in ("token", "revision", "cache_dir", "local_files_only") if k in kwargs}
+    model_class = None if getattr(cls, "__name__", "").startswith("Auto") else cls
+    dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
+    model = stream_prune(
+        str(path),
+        request,
+        request.tokenizer,
+        propagation=request.propagation,
+        dtype=dtype,
+        model_class=model_class,
+        **hub,
+    )
+    return model.to(device) if device is not None else model
 
 
 def register() -> None:
