@@ -71,6 +71,15 @@ class _KeptRows:
         return torch.cat(parts, dim=self.dim)
 
 
+def _open(safe_open, file: str):
+    # pread copies each slice straight into its tensor; a memory map would keep every page read so far resident (and
+    # counted in the process's memory) until the file is closed, i.e. the whole checkpoint after calibration.
+    try:
+        return safe_open(file, framework="pt", device="cpu", backend="pread")
+    except TypeError:  # safetensors < 0.8
+        return safe_open(file, framework="pt", device="cpu")
+
+
 class _Checkpoint:
     """The safetensors files of a checkpoint, opened lazily (memory-mapped, nothing read until sliced)."""
 
@@ -87,7 +96,7 @@ class _Checkpoint:
                 f"{folder} holds no .safetensors files: streaming reads safetensors checkpoints. Convert it with "
                 "save_pretrained, or prune after loading (streaming=False)."
             )
-        self.handles = [safe_open(file, framework="pt", device="cpu") for file in files]
+        self.handles = [_open(safe_open, file) for file in files]
         self.keys = {key: handle for handle in self.handles for key in handle.keys()}
 
     def slice(self, key: str):

@@ -1,0 +1,161 @@
+"""Streaming (plan before load): the same plan and model as pruning after a full load, less memory, clear refusals."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import hf_moe_prune
+from hf_moe_prune import MoEPruneConfig, find_blocks
+from hf_moe_prune.streaming import stream_prune
+from hf_moe_prune.testing import fixture_path, mixed_texts, save_tiny_model
+
+IDS = torch.randint(5, 4000, (2, 24), generator=torch.Generator().manual_seed(0))
+SMALL = {"num_samples": 12, "seq_len": 96, "batch_size": 4}
+
+
+def _logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def _after_load(path, config):
+    model = AutoModelForCausalLM.from_pretrained(path)
+    plan = hf_moe_prune.prune(model, config, progress=False)
+    return model, plan
+
+
+@pytest.mark.parametrize("fixture", ["qwen3_moe", "qwen2_moe"])
+@pytest.mark.parametrize("method", ["frequency", "soft_count", "ean", "reap", "random", "tenp"])
+def test_streaming_plan_and_model_equal_pruning_after_load(fixture, method):
+    config = MoEPruneConfig(method, 0.5 if method != "tenp" else 0.4, calibration=mixed_texts(), **SMALL)
+    streamed = stream_prune(fixture_path(fixture), config, progress=False)
+    reference, plan = _after_load(fixture_path(fixture), config)
+    streamed_plan = streamed.moe_pruning_plan
+    assert [b.kept for b in streamed_plan.blocks] == [b.kept for b in plan.blocks]
+    assert [b.neurons for b in streamed_plan.blocks] == [b.neurons for b in plan.blocks]
+    torch.testing.assert_close(
+        torch.tensor([b.scores for b in streamed_plan.blocks]), torch.tensor([b.scores for b in plan.blocks])
+    )
+    assert streamed_plan.parameters == plan.parameters
+    torch.testing.assert_close(_logits(streamed), _logits(reference), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "deepseek_v3", "olmoe", "gpt_oss", "qwen3_moe"])
+def test_streaming_on_tiny_checkpoints_of_other_families(family, tmp_path):
+    path = save_tiny_model(family, tmp_path / family)
+    rows = torch.randint(1, 300, (4, 24), generator=torch.Generator().manual_seed(0))
+    config = MoEPruneConfig("reap", 0.5, calibration=rows, batch_size=2)
+    streamed = stream_prune(str(path), config, progress=False)
+    reference, plan = _after_load(path, config)
+    assert [b.kept for b in streamed.moe_pruning_plan.blocks] == [b.kept for b in plan.blocks]
+    ids = torch.randint(1, 300, (2, 12), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(_logits(streamed, ids), _logits(reference, ids), rtol=1e-5, atol=1e-5)
+
+
+def test_from_pretrained_streams_saves_and_reloads(tmp_path):
+    config = MoEPruneConfig("reap", 0.5, calibration=mixed_texts(), streaming=True, **SMALL)
+    model = AutoModelForCausalLM.from_pretrained(fixture_path("qwen3_moe"), pruning_config=config)
+    streaming = model.moe_pruning_plan.calibration["streaming"]
+    assert streaming["propagation"] == "dense" and streaming["peak_rss_gb"] > 0
+    assert [b.num_experts for b in find_blocks(model)] == [8] * 4
+    model.save_pretrained(tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    torch.testing.assert_close(_logits(reloaded), _logits(model), rtol=0, atol=0)
+    assert model.generate(IDS[:1, :4], max_new_tokens=3, do_sample=False).shape[1] == 7
+
+
+def test_pruned_prefix_propagation_decides_layer_by_layer():
+    config = MoEPruneConfig("reap", 0.5, calibration=mixed_texts(), **SMALL)
+    dense = stream_prune(fixture_path("qwen3_moe"), config, progress=False).moe_pruning_plan
+    pruned = stream_prune(fixture_path("qwen3_moe"), config, propagation="pruned", progress=False).moe_pruning_plan
+    assert dense.blocks[0].kept == pruned.blocks[0].kept  # the first layer sees the same inputs either way
+    assert all(b.num_kept == 8 for b in pruned.blocks)
+    assert pruned.calibration["streaming"]["propagation"] == "pruned"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "compel"}, "needs gradients"),
+        ({"method": "reap", "allocation": "evolutionary"}, "re-runs the model"),
+        ({"method": "reap", "compensation": "fisher"}, "re-runs whole blocks"),
+    ],
+)
+def test_streaming_refuses_what_needs_the_whole_model(kwargs, message):
+    config = MoEPruneConfig(ratio=0.5, calibration=mixed_texts(), **SMALL, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        stream_prune(fixture_path("qwen3_moe"), config, progress=False)
+
+
+def test_streaming_needs_safetensors(tmp_path):
+    (tmp_path / "config.json").write_text((Path(fixture_path("qwen3_moe")) / "config.json").read_text())
+    with pytest.raises(ValueError, match="no .safetensors files"):
+        stream_prune(str(tmp_path), MoEPruneConfig("frequency", 0.5, calibration=IDS), progress=False)
+
+
+MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import json, resource, sys
+    import torch
+    import hf_moe_prune
+    from hf_moe_prune import MoEPruneConfig
+    from transformers import AutoModelForCausalLM
+    path, mode = sys.argv[1], sys.argv[2]
+    rows = torch.randint(0, 512, (8, 64), generator=torch.Generator().manual_seed(0))
+    config = MoEPruneConfig("reap", 0.75, calibration=rows, batch_size=4, streaming=mode == "streaming")
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if mode == "streaming":
+        model = AutoModelForCausalLM.from_pretrained(path, pruning_config=config)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path)
+        hf_moe_prune.prune(model, config, progress=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    print(json.dumps({"peak_bytes": (peak - base) * 1024, "pruned_bytes": size}))
+    """
+)
+
+
+def test_streaming_peak_memory_stays_below_the_full_model(tmp_path):
+    """A ~460 MB checkpoint (8 layers of 32 experts): streaming it to 25% of the experts peaks well below the full
+    model's size (one layer at a time, then the compact model), and below pruning after a full load."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(
+        "qwen3_moe",
+        vocab_size=512,
+        hidden_size=384,
+        intermediate_size=256,
+        moe_intermediate_size=384,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        num_experts=32,
+        num_experts_per_tok=2,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    full_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    model.save_pretrained(tmp_path / "big")
+    del model
+    script = tmp_path / "measure.py"
+    script.write_text(MEMORY_SCRIPT)
+    results = {}
+    for mode in ("streaming", "after_load"):
+        out = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "big"), mode], capture_output=True, text=True, timeout=600
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    streamed, after_load = results["streaming"], results["after_load"]
+    assert streamed["pruned_bytes"] == after_load["pruned_bytes"] < 0.3 * full_bytes
+    assert streamed["peak_bytes"] < 0.75 * full_bytes, (streamed, full_bytes)
+    assert streamed["peak_bytes"] < after_load["peak_bytes"], (streamed, after_load)
