@@ -14,6 +14,7 @@ from .integration import MoEPruneHfQuantizer, register  # noqa: E402
 from .methods import METHODS, register_method  # noqa: E402
 from .plan import BlockPlan, PrunePlan  # noqa: E402
 from .saving import save_pruned  # noqa: E402
+from .streaming import stream_prune  # noqa: E402
 
 register()
 
@@ -32,4 +33,5 @@ __all__ = [
     "push_to_hub",
     "register_method",
     "save_pruned",
+    "stream_prune",
 ]
