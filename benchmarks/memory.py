@@ -58,7 +58,8 @@ CHILD = textwrap.dedent(
         print(str(error)[:500], file=sys.stderr)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"status": status, "peak_gb": (peak - base) / 2**20, "seconds": seconds, "pruned_gb": size / 2**30}))
+    result = {"status": status, "peak_gb": (peak - base) / 2**20, "seconds": seconds, "pruned_gb": size / 2**30}
+    print(json.dumps(result))
     """
 )
 
@@ -118,8 +119,8 @@ def main() -> None:
     ]
     pruned = next((r["pruned_gb"] for _, r in rows if r["pruned_gb"]), float("nan"))
     lines = [
-        f"Synthetic qwen3_moe checkpoint: {disk_gb:.2f} GB on disk (bf16, 16 layers × 64 experts), pruned with reap to "
-        f"16 experts per layer ({pruned:.2f} GB); calibration 32 × 256 tokens; memory cap {args.cap_gb} GB "
+        f"Synthetic qwen3_moe checkpoint: {disk_gb:.2f} GB on disk (bf16, 16 layers × 64 experts), pruned with reap "
+        f"to 16 experts per layer ({pruned:.2f} GB); calibration 32 × 256 tokens; memory cap {args.cap_gb} GB "
         f"(RLIMIT_DATA above the memory after imports), {disk_gb / args.cap_gb:.1f}x smaller than the checkpoint.",
         "",
         "| mode | result | peak RSS − RSS after imports (GB) | (peak − after imports) / pruned size | time s |",

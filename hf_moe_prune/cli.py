@@ -134,6 +134,12 @@ def _add_prune(sub) -> None:
         "--compensation", metavar="NAME", help="kept-expert adjustment: none, fisher, merge (default: the method's)"
     )
     pruning.add_argument(
+        "--streaming",
+        action="store_true",
+        help="plan layer by layer from the checkpoint files, then read only the kept experts (models larger than "
+        "memory; forward-statistics methods)",
+    )
+    pruning.add_argument(
         "--unit",
         choices=["expert", "neuron"],
         help="prune whole experts or expert neurons (default: the method's own; neuron for tenp)",

@@ -151,6 +151,7 @@ def prune_config(args: argparse.Namespace):
         seed=args.seed,
         method_kwargs=method_kwargs,
         unit=args.unit,
+        streaming=args.streaming,
         **budget,
     )
 

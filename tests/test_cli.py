@@ -240,3 +240,12 @@ def test_prune_tenp_from_the_command_line(tmp_path):
     assert report["parameters"]["after"] < report["parameters"]["before"]
     reloaded = AutoModelForCausalLM.from_pretrained(output)
     assert sum(p.numel() for p in reloaded.parameters()) == report["parameters"]["after"]
+
+
+def test_prune_streaming_from_the_command_line(tmp_path):
+    output = tmp_path / "streamed"
+    args = ["prune", "--method", "reap", "--ratio", "0.5", "--streaming", *SMALL, "--no-eval", "--output", output]
+    report = json.loads(ok(*args, "--json", "--quiet").stdout)
+    assert report["kept_experts_per_layer"] == {str(i): 8 for i in range(4)}
+    plan = json.loads((output / "moe_pruning_plan.json").read_text())
+    assert plan["calibration"]["streaming"]["propagation"] == "dense"
