@@ -18,6 +18,7 @@ from .methods import METHODS, ScoringMethod
 from .neurons import NEURON_SCORES, SCHEDULE_KEYS, WidthGroupedExperts, neuron_plan, prune_neurons, schedule_options
 from .neurons.layout import neuron_layout
 from .neurons.schedule import check_schedule
+from .offload import onloaded
 from .plan import BlockPlan, PrunePlan
 from .reshape import set_expert_count, slice_block
 
@@ -269,12 +270,18 @@ def apply_plan(
             stats=None if stats is None else stats.get(block.name),
             inputs=None if inputs is None else inputs.get(block.name),
         )
-        compensate(block, block_plan.kept, context)
-        slice_block(block, block_plan.kept)
-        if block_plan.neurons:
-            position = {expert: i for i, expert in enumerate(block_plan.kept)}
-            narrowed = {position[e]: neurons for e, neurons in block_plan.neurons.items()}
-            setattr(block.module, block.adapter.experts, prune_neurons(block.experts, narrowed))
+        with onloaded(model, block.module) as offloaded:  # accelerate-offloaded weights: sliced in its store
+            if offloaded and block_plan.neurons:
+                raise ValueError(
+                    f"{block.name} is offloaded (device_map); neuron pruning rebuilds its experts module, which the "
+                    "offload hooks cannot follow. Load it on one device or prune with streaming=True."
+                )
+            compensate(block, block_plan.kept, context)
+            slice_block(block, block_plan.kept)
+            if block_plan.neurons:
+                position = {expert: i for i, expert in enumerate(block_plan.kept)}
+                narrowed = {position[e]: neurons for e, neurons in block_plan.neurons.items()}
+                setattr(block.module, block.adapter.experts, prune_neurons(block.experts, narrowed))
     counts = {b.num_kept for b in plan.blocks}
     adapter = get_adapter(model)
     set_expert_count(model, adapter, max(counts))

@@ -159,3 +159,21 @@ def test_streaming_peak_memory_stays_below_the_full_model(tmp_path):
     assert streamed["pruned_bytes"] == after_load["pruned_bytes"] < 0.3 * full_bytes
     assert streamed["peak_bytes"] < 0.75 * full_bytes, (streamed, full_bytes)
     assert streamed["peak_bytes"] < after_load["peak_bytes"], (streamed, after_load)
+
+
+def test_pruning_a_model_offloaded_by_device_map(tmp_path):
+    """Layers offloaded to disk by accelerate calibrate through its hooks and are sliced in its offload store."""
+    path = fixture_path("qwen3_moe")
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    device_map |= {f"model.layers.{i}": "cpu" if i < 2 else "disk" for i in range(4)}
+    config = MoEPruneConfig("reap", 0.5, calibration=mixed_texts(), **SMALL)
+    offloaded = AutoModelForCausalLM.from_pretrained(
+        path, device_map=device_map, offload_folder=str(tmp_path / "offload"), pruning_config=config
+    )
+    assert find_blocks(offloaded)[3].experts.gate_up_proj.device.type == "meta"  # still offloaded, now sliced
+    reference, plan = _after_load(path, config)
+    assert [b.kept for b in offloaded.moe_pruning_plan.blocks] == [b.kept for b in plan.blocks]
+    torch.testing.assert_close(_logits(offloaded), _logits(reference), rtol=1e-5, atol=1e-5)
+    offloaded.save_pretrained(tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    torch.testing.assert_close(_logits(reloaded), _logits(reference), rtol=1e-5, atol=1e-5)

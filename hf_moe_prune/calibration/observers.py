@@ -54,7 +54,10 @@ class ExpertObserver:
                 experts.register_forward_hook(self._dense_outputs),
             ]
         elif self.needs_outputs:
-            original = type(experts).forward.__get__(experts)
+            # The current forward: accelerate's offloading hook wraps it as an instance attribute (it brings the
+            # weights in first); without one, the class forward.
+            self._saved_forward = experts.__dict__.get("forward")
+            original = experts.forward
 
             def forward(hidden_states, top_k_index, top_k_weights, *args, **kwargs):
                 return self._forward_per_slot(original, hidden_states, top_k_index, top_k_weights, *args, **kwargs)
@@ -72,7 +75,10 @@ class ExpertObserver:
             self._handle.remove()
             self._handle = None
         if self._patched:
-            del self.block.experts.forward
+            if self._saved_forward is not None:
+                self.block.experts.forward = self._saved_forward
+            else:
+                del self.block.experts.forward
             self._patched = False
 
     def _keep_router_scores(self, module, args, output):

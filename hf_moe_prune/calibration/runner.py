@@ -22,6 +22,16 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(p.device for p in model.parameters() if p.device.type != "meta")
 
 
+def peak_memory(device: torch.device | None = None) -> dict[str, str]:
+    """Peak memory so far, for progress bars: the process's resident memory, and the accelerator's if one is used."""
+    import resource
+
+    out = {"peak_rss": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f}GB"}
+    if device is not None and device.type == "cuda":
+        out["peak_gpu"] = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f}GB"
+    return out
+
+
 def collect_stats(
     model: torch.nn.Module,
     blocks: list[MoEBlock],
@@ -67,9 +77,11 @@ def collect_stats(
             observer.attach()
         with torch.no_grad():
             starts = local_batches(len(rows), batch_size)  # all the batches, or this rank's share of them
-            for start in tqdm(starts, desc="calibration", unit="batch", disable=disabled):
+            bar = tqdm(starts, desc="calibration", unit="batch", disable=disabled)
+            for start in bar:
                 model(input_ids=rows[start : start + batch_size].to(device), **extra)
                 sums.take(observers)
+                bar.set_postfix(peak_memory(device), refresh=False)
     finally:
         for observer in (*observers, *recorders):
             observer.detach()
