@@ -107,7 +107,7 @@ def quality(args) -> str:
             "| configuration | target | routed sparsity | params | weights MB | "
             + " | ".join(f"ppl {d}" for d in DOMAINS)
             + " | ppl all | KL | top-1 | fwd tok/s | gen tok/s |",
-            "|" + "---|" * (len(DOMAINS) + 11),
+            "|" + "---|" * (len(DOMAINS) + 10),
         ]
 
         context = (tokenizer, routed, lines, args.repeats)
