@@ -164,8 +164,7 @@ def test_streaming_peak_memory_stays_below_the_full_model(tmp_path):
 def test_pruning_a_model_offloaded_by_device_map(tmp_path):
     """Layers offloaded to disk by accelerate calibrate through its hooks and are sliced in its offload store."""
     path = fixture_path("qwen3_moe")
-    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
-    device_map |= {f"model.layers.{i}": "cpu" if i < 2 else "disk" for i in range(4)}
+    device_map = _offload_map()
     config = MoEPruneConfig("reap", 0.5, calibration=mixed_texts(), **SMALL)
     offloaded = AutoModelForCausalLM.from_pretrained(
         path, device_map=device_map, offload_folder=str(tmp_path / "offload"), pruning_config=config
@@ -177,3 +176,25 @@ def test_pruning_a_model_offloaded_by_device_map(tmp_path):
     offloaded.save_pretrained(tmp_path / "out")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     torch.testing.assert_close(_logits(reloaded), _logits(reference), rtol=1e-5, atol=1e-5)
+
+
+def _offload_map():
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    return device_map | {f"model.layers.{i}": "cpu" if i < 2 else "disk" for i in range(4)}
+
+
+def test_diep_learns_its_masks_through_offloaded_layers(tmp_path):
+    config = MoEPruneConfig("diep", 0.5, calibration=mixed_texts(), num_samples=8, seq_len=64)
+    offloaded = AutoModelForCausalLM.from_pretrained(
+        fixture_path("qwen3_moe"), device_map=_offload_map(), offload_folder=str(tmp_path), pruning_config=config
+    )
+    _, plan = _after_load(fixture_path("qwen3_moe"), config)
+    assert [b.kept for b in offloaded.moe_pruning_plan.blocks] == [b.kept for b in plan.blocks]
+
+
+def test_compel_refuses_offloaded_expert_weights(tmp_path):
+    config = MoEPruneConfig("compel", 0.5, calibration=mixed_texts(), num_samples=8, seq_len=64)
+    with pytest.raises(ValueError, match="compel needs gradients on the expert weights"):
+        AutoModelForCausalLM.from_pretrained(
+            fixture_path("qwen3_moe"), device_map=_offload_map(), offload_folder=str(tmp_path), pruning_config=config
+        )

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..adapters import MoEBlock
 from ..methods import NEURON_STATISTICS, OUTPUT_STATISTICS
+from ..patching import wrap_forward
 from .stats import LayerStats
 
 
@@ -34,8 +35,10 @@ class ExpertObserver:
             self.layout = neuron_layout(block.experts)  # raises for experts whose neurons cannot be located
         width = self.layout.width if self.layout is not None else None
         self.stats = LayerStats(block.num_experts, self.names, width)
+        # Non-routed router classes after the E experts (shared/zero experts, Zaya's skip class); see `_record`.
+        self._trailing = block.trailing_rows > 0
         self._handle = None
-        self._patched = False
+        self._restore = None
 
     @property
     def needs_outputs(self) -> bool:
@@ -54,16 +57,14 @@ class ExpertObserver:
                 experts.register_forward_hook(self._dense_outputs),
             ]
         elif self.needs_outputs:
-            # The current forward: accelerate's offloading hook wraps it as an instance attribute (it brings the
-            # weights in first); without one, the class forward.
-            self._saved_forward = experts.__dict__.get("forward")
-            original = experts.forward
 
-            def forward(hidden_states, top_k_index, top_k_weights, *args, **kwargs):
-                return self._forward_per_slot(original, hidden_states, top_k_index, top_k_weights, *args, **kwargs)
+            def make(original):
+                def forward(hidden_states, top_k_index, top_k_weights, *args, **kwargs):
+                    return self._forward_per_slot(original, hidden_states, top_k_index, top_k_weights, *args, **kwargs)
 
-            experts.forward = forward  # instance attribute shadows the class forward until detach()
-            self._patched = True
+                return forward
+
+            self._restore = wrap_forward(experts, make)  # keeps accelerate's offloading hook underneath
         else:
             self._handle = experts.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
 
@@ -74,12 +75,9 @@ class ExpertObserver:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        if self._patched:
-            if self._saved_forward is not None:
-                self.block.experts.forward = self._saved_forward
-            else:
-                del self.block.experts.forward
-            self._patched = False
+        if self._restore is not None:
+            self._restore()
+            self._restore = None
 
     def _keep_router_scores(self, module, args, output):
         self._scores = output[0]  # [tokens, E]: the gate of each selected expert, 0 elsewhere
@@ -107,10 +105,19 @@ class ExpertObserver:
         flat = hidden_states.reshape(tokens, -1)  # DBRX passes [batch, seq, hidden]; the others [tokens, hidden]
         rows = flat.repeat_interleave(k, dim=0)
         if self.layout is not None:
-            outputs = self._per_expert(rows, top_k_index.reshape(-1))
+            index = top_k_index.reshape(-1)
+            if self._trailing:  # skip picks (gate 0) feed no neuron statistics; their gated output is 0
+                index = index.masked_fill(top_k_weights.reshape(-1) == 0, self.stats.num_experts)
+            outputs = self._per_expert(rows, index)
         else:
+            index = top_k_index.reshape(-1, 1)
             unit = torch.ones(tokens * k, 1, dtype=top_k_weights.dtype, device=top_k_weights.device)
-            outputs = original(rows, top_k_index.reshape(-1, 1), unit, *args, **kwargs).reshape(tokens * k, -1)
+            if self._trailing:
+                # LongCat-Flash's experts forward squeezes away the slot axis of a top-1 call: add a second slot of
+                # index E (the first trailing class: no expert, or an identity expert) with gate 0, which adds 0.
+                index = torch.cat([index, torch.full_like(index, self.stats.num_experts)], dim=1)
+                unit = torch.cat([unit, torch.zeros_like(unit)], dim=1)
+            outputs = original(rows, index, unit, *args, **kwargs).reshape(tokens * k, -1)
         self._record(top_k_index, top_k_weights, outputs, inputs=rows)  # outputs: f_j(x) per (token, slot)
         gated = outputs.view(tokens, k, -1) * top_k_weights.reshape(tokens, k, 1).to(outputs.dtype)
         return gated.sum(dim=1).view(hidden_states.shape)
@@ -142,7 +149,12 @@ class ExpertObserver:
     def _record(self, top_k_index, top_k_weights, outputs, gated: bool = False, inputs=None) -> None:
         index = top_k_index.reshape(-1)
         gates = top_k_weights.reshape(-1).float()
-        valid = index < self.stats.num_experts  # expert-parallel sentinels point past the last local expert
+        # Expert-parallel sentinels and trailing classes (LongCat-Flash's zero experts) point past the last expert.
+        valid = index < self.stats.num_experts
+        if self._trailing:
+            # A trailing pick may also reach the experts remapped to expert 0 with gate 0 (Zaya's skip): that slot
+            # runs no expert, so it is no use of expert 0.
+            valid &= gates != 0
         if not bool(valid.all()):
             index, gates = index[valid], gates[valid]
             outputs = outputs[valid] if outputs is not None else None

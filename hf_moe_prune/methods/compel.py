@@ -24,24 +24,26 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..patching import wrap_forward
 from .base import register_method
 
 
 def _patch_soft_path(block):
-    experts = block.experts
-    original = type(experts).forward.__get__(experts)
     num = block.num_experts
 
-    def forward(hidden_states, top_k_index, top_k_weights, *args, **kwargs):
-        out = original(hidden_states, top_k_index, top_k_weights, *args, **kwargs)
-        x = hidden_states.detach()
-        probs = torch.softmax(F.linear(x, block.router_weight.detach()).float(), dim=-1)
-        probs = probs.scatter(1, top_k_index.clamp(max=num - 1), 0.0)
-        index = torch.arange(num, device=x.device).expand(len(x), num)
-        soft = original(x, index, probs.to(top_k_weights.dtype), *args, **kwargs)
-        return out + (soft - soft.detach())
+    def make(original):
+        def forward(hidden_states, top_k_index, top_k_weights, *args, **kwargs):
+            out = original(hidden_states, top_k_index, top_k_weights, *args, **kwargs)
+            x = hidden_states.detach()
+            probs = torch.softmax(F.linear(x, block.router_weight.detach()).float(), dim=-1)
+            probs = probs.scatter(1, top_k_index.clamp(max=num - 1), 0.0)
+            index = torch.arange(num, device=x.device).expand(len(x), num)
+            soft = original(x, index, probs.to(top_k_weights.dtype), *args, **kwargs)
+            return out + (soft - soft.detach())
 
-    experts.forward = forward
+        return forward
+
+    return wrap_forward(block.experts, make)
 
 
 def compel_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, torch.Tensor]:
@@ -54,6 +56,12 @@ def compel_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, 
     expert_params = {
         b.name: [p for p in b.experts.parameters(recurse=False) if p.shape[:1] == (b.num_experts,)] for b in blocks
     }
+    if any(p.device.type == "meta" for params in expert_params.values() for p in params):
+        raise ValueError(
+            "compel needs gradients on the expert weights, which accelerate offloads (device_map with 'disk' or CPU "
+            "offload) and brings in only during each forward. Load the model on devices that hold it, or use a "
+            "forward-statistics method (reap, ean, ...) or diep, which learns its own masks."
+        )
     fisher = {b.name: torch.zeros(b.num_experts, dtype=torch.float64) for b in blocks}
     patched = []
     was_training = model.training
@@ -67,8 +75,7 @@ def compel_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, 
         if router_path:
             for b in blocks:
                 if b.adapter.routing == "experts_call":
-                    _patch_soft_path(b)
-                    patched.append(b)
+                    patched.append(_patch_soft_path(b))
         model.eval()
         batches = range(0, len(rows), config.batch_size)
         for start in tqdm(batches, desc="compel fisher", unit="batch", disable=not progress):
@@ -81,8 +88,8 @@ def compel_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, 
                         fisher[name] += p.grad.detach().double().pow(2).flatten(1).sum(1).cpu()
                         p.grad = None
     finally:
-        for b in patched:
-            del b.experts.forward
+        for restore in patched:
+            restore()
         for p, flag in saved.items():
             p.requires_grad_(flag)
             p.grad = None

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..patching import wrap_forward
 from .base import register_method
 
 
@@ -48,15 +49,17 @@ def diep_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, to
     saved = {p: p.requires_grad for p in model.parameters()}
     masks_now: list[torch.Tensor] = []
 
+    restores = []
+
     def patch(i, block):
-        experts = block.experts
-        original = type(experts).forward.__get__(experts)
+        def make(original):
+            def forward(hidden_states, top_k_index, top_k_weights, *args, **kwargs):
+                m = masks_now[i].to(top_k_weights.dtype)[top_k_index.clamp(max=block.num_experts - 1)]
+                return original(hidden_states, top_k_index, top_k_weights * m, *args, **kwargs)
 
-        def forward(hidden_states, top_k_index, top_k_weights, *args, **kwargs):
-            m = masks_now[i].to(top_k_weights.dtype)[top_k_index.clamp(max=block.num_experts - 1)]
-            return original(hidden_states, top_k_index, top_k_weights * m, *args, **kwargs)
+            return forward
 
-        experts.forward = forward
+        restores.append(wrap_forward(block.experts, make))
 
     best, best_scores, since = float("inf"), None, 0
     was_training = model.training
@@ -99,9 +102,8 @@ def diep_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, to
                     break
         best_scores = [torch.sigmoid(a + beta[i]).detach().double().cpu() for i, a in enumerate(alpha)]
     finally:
-        for b in blocks:
-            if "forward" in b.experts.__dict__:
-                del b.experts.forward
+        for restore in restores:
+            restore()
         for p, flag in saved.items():
             p.requires_grad_(flag)
         model.train(was_training)
