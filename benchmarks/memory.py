@@ -39,7 +39,8 @@ CHILD = textwrap.dedent(
     path, mode, cap_gb = sys.argv[1], sys.argv[2], float(sys.argv[3])
     rows = torch.randint(0, 4096, (32, 256), generator=torch.Generator().manual_seed(0))
     config = MoEPruneConfig("reap", 0.75, calibration=rows, batch_size=8, streaming=mode == "streaming")
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from hf_moe_prune.calibration.runner import peak_rss_kib
+    base = peak_rss_kib()
     if cap_gb > 0:
         data = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmData:")][0] * 1024
         limit = data + int(cap_gb * 2**30)
@@ -57,7 +58,7 @@ CHILD = textwrap.dedent(
         status, size = f"failed: {type(error).__name__}", 0
         print(str(error)[:500], file=sys.stderr)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kib()
     result = {"status": status, "peak_gb": (peak - base) / 2**20, "seconds": seconds, "pruned_gb": size / 2**30}
     print(json.dumps(result))
     """

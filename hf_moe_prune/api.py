@@ -20,7 +20,7 @@ from .neurons.layout import neuron_layout
 from .neurons.schedule import check_schedule
 from .offload import onloaded
 from .plan import BlockPlan, PrunePlan
-from .reshape import set_expert_count, slice_block
+from .reshape import check_same_count, set_expert_count, slice_block
 
 
 @dataclass
@@ -75,8 +75,9 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
             neuron_layout(block.experts)  # raises for families whose fused expert layout is not described
         check_schedule(blocks, config.ratio, config.ignore, schedule_options(config.allocation, config.method_kwargs))
     else:
-        keep_counts(blocks, config)  # raises before calibration when a layer's count is infeasible
+        counts = keep_counts(blocks, config)  # raises before calibration when a layer's count is infeasible
         check_budget(blocks, config)
+        check_same_count(blocks[0].adapter, counts.values(), config.allocation)
     if needs_inputs(config.compensation) and not all(b.adapter.standalone for b in blocks):
         raise ValueError(
             f"compensation={config.compensation!r} re-runs each MoE block on its own, but a "
@@ -257,6 +258,7 @@ def apply_plan(
     from .saving import attach_plan
 
     blocks = {b.name: b for b in find_blocks(model)}
+    check_same_count(get_adapter(model), [b.num_kept for b in plan.blocks])
     compensate = COMPENSATIONS.get(compensation)
     for block_plan in plan.blocks:
         if block_plan.name not in blocks:

@@ -24,12 +24,21 @@ def _owner(block: MoEBlock, path: str) -> tuple[nn.Module, str] | None:
     return (module, name) if isinstance(getattr(module, name, None), torch.Tensor) else None
 
 
-def _slice_tensor(module: nn.Module, name: str, index: torch.Tensor, dim: int, num_experts: int) -> None:
+def _slice_tensor(
+    module: nn.Module, name: str, index: torch.Tensor, dim: int, num_experts: int, trailing: int = 0
+) -> None:
     old = getattr(module, name)
-    if old.shape[dim] != num_experts:
+    size = old.shape[dim]
+    if size == num_experts + trailing and trailing:
+        # E routed rows, then T non-routed ones (shared/zero experts, a skip class): those are always kept, after
+        # the kept experts, so the router's own `[:-T]` / `>= E` arithmetic still finds them.
+        # Explicit device: a skeleton is shrunk inside a meta-device context, which would make `arange` meta.
+        index = torch.cat([index, torch.arange(num_experts, size, dtype=torch.long, device=index.device)])
+    elif size != num_experts:
+        expected = f"{num_experts}" + (f" or {num_experts + trailing}" if trailing else "")
         raise ValueError(
             f"{type(module).__name__}.{name} has shape {tuple(old.shape)}, no expert axis {dim} of size "
-            f"{num_experts}; check the family's adapter."
+            f"{expected}; check the family's adapter."
         )
     new = old.detach().index_select(dim, index.to(old.device)).contiguous()
     if name in module._parameters:
@@ -41,15 +50,16 @@ def _slice_tensor(module: nn.Module, name: str, index: torch.Tensor, dim: int, n
 def slice_block(block: MoEBlock, kept: list[int]) -> None:
     """Keep only experts `kept` (original indices, in this order) in `block`: every expert tensor of the experts
     module, the router rows (weight, bias, score-correction bias), the adapter's extra expert tensors, and every
-    `num_experts` attribute. Works on meta tensors too (used to shrink a skeleton before a pruned checkpoint loads)."""
-    num_experts = block.num_experts
+    count attribute (`adapter.count_attrs`). Rows of the adapter's trailing non-routed classes are kept, after the
+    experts. Works on meta tensors too (used to shrink a skeleton before a pruned checkpoint loads)."""
+    num_experts, trailing = block.num_experts, block.trailing_rows
     if any(not 0 <= k < num_experts for k in kept) or len(set(kept)) != len(kept):
         raise ValueError(f"{block.name}: kept experts {kept} must be distinct indices below {num_experts}.")
     index = torch.as_tensor(kept, dtype=torch.long, device="cpu")
     experts = block.experts
     for name in [*experts._parameters, *experts._buffers]:
         if getattr(experts, name) is not None:
-            _slice_tensor(experts, name, index, 0, num_experts)
+            _slice_tensor(experts, name, index, 0, num_experts, trailing)
     for path in block.adapter.flat_expert_tensors:  # [E * rows, ...] stored flat: slice as [E, rows, ...]
         module_path, _, name = path.rpartition(".")
         module = experts.get_submodule(module_path) if module_path else experts
@@ -59,11 +69,30 @@ def slice_block(block: MoEBlock, kept: list[int]) -> None:
     for path, dim in block.adapter.expert_tensors():
         owner = _owner(block, path)
         if owner is not None:
-            _slice_tensor(*owner, index, dim, num_experts)
-    for module in (block.module, experts, block.router):
-        # Only attributes that hold the expert count: OpenAI-privacy-filter's MLP names its top-k multiplier so.
-        if getattr(module, "num_experts", None) == num_experts and isinstance(module.num_experts, int):
-            module.num_experts = len(kept)
+            _slice_tensor(*owner, index, dim, num_experts, trailing)
+    counts = {num_experts: len(kept)}
+    if trailing:
+        counts[num_experts + trailing] = len(kept) + trailing  # LongCat-Flash's `total_experts`, Zaya's classes
+    # Each module once: a count already rewritten must not be mapped again (kept + T may equal E).
+    for module in {id(m): m for m in (block.module, experts, block.router)}.values():
+        for attr in block.adapter.count_attrs:
+            # Only attributes that hold the expert count: OpenAI-privacy-filter's MLP names its top-k multiplier so.
+            value = getattr(module, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value in counts:
+                setattr(module, attr, counts[value])
+
+
+def check_same_count(adapter: MoEAdapter, counts, allocation=None) -> None:
+    """Refuse per-layer expert counts that differ (or an `allocation` that scores make differ) for a family whose
+    model reads the count from the config all its layers share (`MoEAdapter.same_count`)."""
+    counts = sorted(set(counts))
+    scored = isinstance(allocation, str) and allocation != "uniform"
+    if adapter.same_count and (len(counts) > 1 or scored):
+        kept = f"allocation={allocation!r}" if scored else f"keeping {counts} experts per layer"
+        raise ValueError(
+            f"{adapter.model_type} must keep the same number of experts in every layer (its model reads the count "
+            f"from the config all layers share); {kept} cannot: use allocation='uniform' without `ignore`."
+        )
 
 
 def set_expert_count(model: nn.Module, adapter: MoEAdapter, count: int) -> None:
@@ -121,9 +150,12 @@ def mask_experts(blocks: list[MoEBlock], kept: dict[str, list[int]]) -> Iterator
         for block in blocks:
             if block.name not in kept:
                 continue
-            dropped = torch.ones(block.num_experts, dtype=torch.bool)
+            num_experts, trailing = block.num_experts, block.trailing_rows
+            # Trailing non-routed classes (shared/zero experts, a skip class) follow the experts, never masked.
+            dropped = torch.zeros(num_experts + trailing, dtype=torch.bool)
+            dropped[:num_experts] = True
             dropped[torch.as_tensor(kept[block.name], dtype=torch.long)] = False
-            masks[id(block.router_weight)] = torch.zeros(block.num_experts).masked_fill(dropped, float("-inf"))
+            masks[id(block.router_weight)] = torch.zeros(num_experts + trailing).masked_fill(dropped, float("-inf"))
             linear_bias = f"{block.adapter.router}.{block.adapter.router_weight.rpartition('.')[0]}".rstrip(".")
             for path, dim in block.adapter.expert_tensors():
                 owner = _owner(block, path)
@@ -136,7 +168,9 @@ def mask_experts(blocks: list[MoEBlock], kept: dict[str, list[int]]) -> Iterator
                 with torch.no_grad():
                     shape = [1] * tensor.dim()
                     shape[dim] = -1
-                    tensor.masked_fill_(dropped.to(tensor.device).view(shape), float("-inf"))
+                    # E + T entries with the trailing classes (Zaya's balancing biases), else E
+                    fill = dropped if tensor.shape[dim] == num_experts + trailing else dropped[:num_experts]
+                    tensor.masked_fill_(fill.to(tensor.device).view(shape), float("-inf"))
         with _MaskRouterLogits(masks):
             yield
     finally:

@@ -29,7 +29,6 @@ import inspect
 import json
 import os
 import re
-import resource
 import time
 from typing import Any
 
@@ -43,7 +42,7 @@ from .calibration.observers import ExpertObserver
 from .calibration.stats import LayerStats
 from .config import MoEPruneConfig
 from .plan import PrunePlan
-from .reshape import mask_experts, set_expert_count, slice_block
+from .reshape import check_same_count, mask_experts, set_expert_count, slice_block
 
 PROPAGATIONS = ("dense", "pruned")
 _EXPERT_INDEX = re.compile(r"(?<=experts\.)(\d+)(?=\.)")
@@ -54,19 +53,26 @@ class _StopForward(Exception):
 
 
 def peak_rss_gb() -> float:
-    """Peak resident memory of this process so far, in GB (Linux reports `ru_maxrss` in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """Peak resident memory of this process so far, in GB."""
+    from .calibration.runner import peak_rss_kib
+
+    return peak_rss_kib() / 2**20
 
 
 class _KeptRows:
     """A lazy checkpoint tensor that reads only rows `kept` of axis `dim` when transformers' loader materializes it."""
 
-    def __init__(self, source, kept: list[int], dim: int):
+    def __init__(self, source, kept: list[int], dim: int, num_experts: int = 0, trailing: int = 0):
         self.source, self.kept, self.dim = source, kept, dim
+        self.num_experts, self.trailing = num_experts, trailing
 
     def __getitem__(self, item):
         parts = []
-        for e in self.kept:  # one read per kept row: dropped experts are never read
+        rows = self.kept
+        if self.trailing and self.source.get_shape()[self.dim] == self.num_experts + self.trailing:
+            # the adapter's trailing non-routed rows (shared/zero experts, a skip class) follow, as `slice_block` keeps
+            rows = [*rows, *range(self.num_experts, self.num_experts + self.trailing)]
+        for e in rows:  # one read per kept row: dropped experts are never read
             index = (slice(None),) * self.dim + (slice(e, e + 1),)
             parts.append(self.source[index])
         return torch.cat(parts, dim=self.dim)
@@ -187,6 +193,8 @@ def _check_streamable(config: MoEPruneConfig, method, propagation: str, blocks) 
         reasons.append(f"compensation {config.compensation!r} re-runs whole blocks")
     if any(b.adapter.flat_expert_tensors for b in blocks):
         reasons.append("its experts are stored flattened")
+    if any(b.adapter.layer_state for b in blocks):
+        reasons.append("its decoder layers pass state besides hidden states from one to the next")
     if propagation not in PROPAGATIONS:
         reasons.append(f"propagation must be one of {PROPAGATIONS}, not {propagation!r}")
     per_layer_counts = isinstance(config.allocation, (list, tuple, dict)) or config.allocation == "uniform"
@@ -286,6 +294,7 @@ def stream_prune(
     if kept_so_far:  # pruned-prefix propagation already decided every layer
         for block_plan in plan.blocks:
             block_plan.kept = kept_so_far[block_plan.name]
+    check_same_count(get_adapter(model), [b.num_kept for b in plan.blocks])
     _load_compact(model, plan, layers, groups, checkpoint, loader, progress)
     set_expert_count(model, get_adapter(model), max(b.num_kept for b in plan.blocks))
     if hasattr(model, "tie_weights"):
@@ -433,16 +442,22 @@ def _load_compact(model, plan: PrunePlan, layers, groups, checkpoint, loader, pr
                 experts_prefix = f"{block.name}.{block.adapter.experts}."
                 if match and runtime.startswith(experts_prefix):  # one expert's tensor, merged by transformers
                     expert = int(match.group(1))
-                    if expert not in kept:
+                    num_experts = block.num_experts
+                    if num_experts <= expert < num_experts + block.trailing_rows:
+                        # a trailing class stored as an expert (LongCat-Flash's zero experts): kept, after the experts
+                        position = len(kept) + expert - num_experts
+                    elif expert in kept:
+                        position = kept.index(expert)
+                    else:
                         value = None  # a dropped expert: never read
                         break
-                    key = key[: match.start()] + str(kept.index(expert)) + key[match.end() :]
+                    key = key[: match.start()] + str(position) + key[match.end() :]
                     break
                 axes = {f"{block.name}.{path}": dim for path, dim in block.adapter.expert_tensors()}
                 if runtime.startswith(experts_prefix) and "." not in runtime[len(experts_prefix) :]:
                     axes[runtime] = 0  # a fused [E, ...] expert tensor stored as the model holds it
                 if runtime in axes:
-                    value = _KeptRows(value, kept, axes[runtime])
+                    value = _KeptRows(value, kept, axes[runtime], block.num_experts, block.trailing_rows)
                 break
             if value is not None:
                 subset[key] = value

@@ -89,11 +89,11 @@ def test_model_without_moe_layers():
 
 def test_unsupported_family_lists_the_supported_ones():
     with torch.device("meta"):  # default-sized config: shapes only, no memory
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model("zaya"))
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model("deepseek_v4"))
     with pytest.raises(ValueError) as error:
         hf_moe_prune.prune(model, MoEPruneConfig(method="random", ratio=0.5))
     text = str(error.value)
-    assert "Model family 'zaya'" in text and "looks like a MoE model but is not supported yet" in text
+    assert "Model family 'deepseek_v4'" in text and "looks like a MoE model but is not supported yet" in text
     assert ", ".join(hf_moe_prune.ADAPTERS.names()) in text and "deepseek_v3" in text
     assert "hf_moe_prune/adapters/<model_type>.py" in text
 

@@ -10,6 +10,7 @@ import hf_moe_prune
 from hf_moe_prune import ADAPTERS, MoEPruneConfig, find_blocks
 from hf_moe_prune.reshape import mask_experts
 from hf_moe_prune.testing import tiny_model
+from hf_moe_prune.testing.tiny_configs import tiny_top_k
 
 ROWS = torch.randint(1, 300, (4, 24), generator=torch.Generator().manual_seed(0))
 IDS = torch.randint(1, 300, (2, 16), generator=torch.Generator().manual_seed(1))
@@ -25,7 +26,7 @@ def _logits(model, ids=IDS):
 def test_family(family, tmp_path):
     model = tiny_model(family, router_scale=4.0)  # sigmoid routers saturate (tied scores) at larger scales
     blocks = find_blocks(model)
-    assert blocks and all(b.num_experts == 8 and b.top_k == 2 for b in blocks)
+    assert blocks and all(b.num_experts == 8 and b.top_k == tiny_top_k(family) for b in blocks)
     shared = {(b.name, n): p.clone() for b in blocks for s in b.adapter.shared for n, p in _params(b, s)}
     for method in ("reap", "frequency"):
         pruned = copy.deepcopy(model)

@@ -15,7 +15,8 @@ from hf_moe_prune.testing import fixture_path, fixture_texts, tiny_model
 
 ROWS = torch.randint(1, 300, (4, 24), generator=torch.Generator().manual_seed(0))
 IDS = torch.randint(1, 300, (2, 16), generator=torch.Generator().manual_seed(1))
-NO_LAYOUT = {"dbrx", "llama4_text", "step3p5"}  # experts without transformers' fused-layout description
+# Experts without transformers' fused-layout description.
+NO_LAYOUT = {"dbrx", "llama4_text", "longcat_flash", "step3p5"}
 
 
 def _neuron_families():

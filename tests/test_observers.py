@@ -138,3 +138,36 @@ def test_llama4_style_statistics_read_gated_inputs():
     with pytest.raises(ValueError, match="not available for this family"):
         ExpertObserver(block, frozenset({"count", "direction_sum"})).attach()
     assert not block.router._forward_hooks and not block.experts._forward_hooks
+
+
+@pytest.mark.parametrize("family", ["longcat_flash", "zaya"])
+def test_trailing_router_picks_are_no_expert_usage(family):
+    """LongCat-Flash's zero experts reach the experts as indices >= E, ZaYA's skip as expert 0 with gate 0: neither
+    is use of a routed expert, and observing changes nothing."""
+    model = tiny_model(family, router_scale=4.0)
+    block = find_blocks(model)[0]
+    x = torch.randn(1, 24, 32, generator=torch.Generator().manual_seed(0))
+    if family == "zaya":  # its -1 skip bias at init keeps the skip class from ever winning: let half the tokens skip
+        with torch.no_grad():
+            probs = block.router(x)[0].softmax(-1)
+            block.router.balancing_biases[-1] = (probs[:, :8].max(-1).values - probs[:, 8]).median()
+    routed = []
+    handle = block.router.register_forward_hook(lambda m, a, out: routed.append(out[0].detach()))
+    with torch.no_grad():
+        plain = block.module(x)
+    handle.remove()
+    observer = ExpertObserver(block, frozenset(EXPERT_STATISTICS))
+    observer.attach()
+    try:
+        with torch.no_grad():
+            observed = block.module(x)
+    finally:
+        observer.detach()
+    if family == "zaya":  # the block also returns its router states for the next layer
+        observed, plain = observed[0], plain[0]
+    torch.testing.assert_close(observed, plain, rtol=1e-5, atol=1e-6)
+    bias = block.router.get_buffer("balancing_biases" if family == "zaya" else "e_score_correction_bias")
+    picks = (routed[0].softmax(-1) + bias).topk(block.top_k, dim=-1).indices
+    real = picks[picks < 8]
+    assert 0 < real.numel() < picks.numel()  # both routed and trailing picks happen
+    torch.testing.assert_close(observer.stats["count"], torch.bincount(real, minlength=8).double())

@@ -46,7 +46,9 @@ def test_streaming_plan_and_model_equal_pruning_after_load(fixture, method):
     torch.testing.assert_close(_logits(streamed), _logits(reference), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["mixtral", "deepseek_v3", "olmoe", "gpt_oss", "qwen3_moe"])
+@pytest.mark.parametrize(
+    "family", ["mixtral", "deepseek_v3", "olmoe", "gpt_oss", "qwen3_moe", "inkling_text", "longcat_flash"]
+)
 def test_streaming_on_tiny_checkpoints_of_other_families(family, tmp_path):
     path = save_tiny_model(family, tmp_path / family)
     rows = torch.randint(1, 300, (4, 24), generator=torch.Generator().manual_seed(0))
@@ -93,6 +95,13 @@ def test_streaming_refuses_what_needs_the_whole_model(kwargs, message):
         stream_prune(fixture_path("qwen3_moe"), config, progress=False)
 
 
+def test_streaming_refuses_layers_that_carry_state(tmp_path):
+    path = save_tiny_model("zaya", tmp_path / "zaya")  # each ZaYA router reads the previous layer's router states
+    rows = torch.randint(1, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="pass state besides hidden states"):
+        stream_prune(str(path), MoEPruneConfig("reap", 0.5, calibration=rows), progress=False)
+
+
 def test_streaming_needs_safetensors(tmp_path):
     (tmp_path / "config.json").write_text((Path(fixture_path("qwen3_moe")) / "config.json").read_text())
     with pytest.raises(ValueError, match="no .safetensors files"):
@@ -101,7 +110,7 @@ def test_streaming_needs_safetensors(tmp_path):
 
 MEMORY_SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     import torch
     import hf_moe_prune
     from hf_moe_prune import MoEPruneConfig
@@ -109,13 +118,15 @@ MEMORY_SCRIPT = textwrap.dedent(
     path, mode = sys.argv[1], sys.argv[2]
     rows = torch.randint(0, 512, (8, 64), generator=torch.Generator().manual_seed(0))
     config = MoEPruneConfig("reap", 0.75, calibration=rows, batch_size=4, streaming=mode == "streaming")
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    def high_water():  # VmHWM (KiB), reset by exec; ru_maxrss would carry pytest's own peak over the fork
+        return int([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")][0])
+    base = high_water()
     if mode == "streaming":
         model = AutoModelForCausalLM.from_pretrained(path, pruning_config=config)
     else:
         model = AutoModelForCausalLM.from_pretrained(path)
         hf_moe_prune.prune(model, config, progress=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = high_water()
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     print(json.dumps({"peak_bytes": (peak - base) * 1024, "pruned_bytes": size}))
     """

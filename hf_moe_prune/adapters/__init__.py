@@ -33,12 +33,14 @@ from . import (  # noqa: F401  (registration on import)
     hy_v3,
     hy_v4,
     inkling2_text,
+    inkling_text,
     jamba,
     kimi_linear,
     kolibri1,
     laguna,
     lfm2_moe,
     llama4_text,
+    longcat_flash,
     mellum,
     mimo_v2_flash,
     minimax,
@@ -59,6 +61,7 @@ from . import (  # noqa: F401  (registration on import)
     qwen3_vl_moe_text,
     solar_open,
     step3p5,
+    zaya,
 )
 from .base import ADAPTERS, MoEAdapter, MoEBlock, find_blocks, get_adapter, text_config
 

@@ -46,6 +46,18 @@ class MoEAdapter:
             router returns `[tokens, E]` gates (0 for unselected experts) that scale the input of every expert.
         standalone (`bool`): The block runs alone on hidden states (`block(h)`); False when the block is a whole
             decoder layer (Gemma-4), which needs position embeddings: compensation that re-runs blocks is refused.
+        trailing_rows (`int | str`): How many non-routed classes follow the E routed experts in the router's logits
+            (a number, or the config key holding it): Inkling's shared experts, LongCat-Flash's zero (identity)
+            experts, Zaya's skip class. Every expert-axis tensor of E + T entries keeps its T trailing entries when
+            experts are sliced, masking leaves them unmasked, and the block counts E experts. A trailing pick reaches
+            the experts module either as an index >= E or, remapped, as a slot with gate 0 (Zaya's skip goes to
+            expert 0): the observers count neither as routed-expert usage.
+        count_attrs (`tuple[str]`): Int attributes of the block, experts and router holding the expert count: set to
+            the kept count when they equal E, to kept + T when they equal E + T (LongCat-Flash's `total_experts`).
+        same_count (`bool`): Every layer must keep the same number of experts: the model locates something through
+            the config's expert count, shared by all layers (Zaya's skip class sits at `config.num_experts`).
+        layer_state (`bool`): Decoder layers hand the next layer more than hidden states (Zaya's router states), so
+            streaming, which runs the layers one at a time on hidden states alone, is refused.
     """
 
     model_type: str
@@ -61,6 +73,10 @@ class MoEAdapter:
     routing: str = "experts_call"
     flat_expert_tensors: tuple[str, ...] = ()
     standalone: bool = True
+    trailing_rows: int | str = 0
+    count_attrs: tuple[str, ...] = ("num_experts",)
+    same_count: bool = False
+    layer_state: bool = False
 
     def expert_tensors(self) -> list[tuple[str, int]]:
         """Block-relative paths and expert dimensions of every router/extra tensor that carries an expert axis."""
@@ -96,11 +112,26 @@ class MoEBlock:
 
     @property
     def num_experts(self) -> int:
+        """Routed experts E (trailing non-routed router classes excluded)."""
         # Read from the module, not the config: the config is shared by all layers and may hold another count.
         count = getattr(self.experts, "num_experts", None)
         if isinstance(count, int) and not isinstance(count, bool):
             return count
+        trailing = self.trailing_rows
+        if trailing:  # the experts may hold the trailing rows too (LongCat-Flash's gate_up_proj): ask the router
+            return int(self.router_weight.shape[0]) - trailing
         return int(next(iter(self.experts.parameters())).shape[0])
+
+    @property
+    def trailing_rows(self) -> int:
+        """T, the non-routed classes after the E routed experts in the router (see `MoEAdapter.trailing_rows`)."""
+        spec = self.adapter.trailing_rows
+        if isinstance(spec, int):
+            return spec
+        owner = next((m for m in (self.module, self.router, self.experts) if hasattr(m, "config")), None)
+        if owner is None:
+            raise ValueError(f"{self.name}: no config to read `{spec}` (the adapter's `trailing_rows`) from.")
+        return int(getattr(text_config(owner.config), spec, None) or 0)  # LongCat-Flash: `zero_expert_num` may be None
 
     def _routing_attr(self, *names: str):
         for module in (self.router, self.module):

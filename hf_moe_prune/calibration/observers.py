@@ -36,7 +36,13 @@ class ExpertObserver:
         width = self.layout.width if self.layout is not None else None
         self.stats = LayerStats(block.num_experts, self.names, width)
         # Non-routed router classes after the E experts (shared/zero experts, Zaya's skip class); see `_record`.
-        self._trailing = block.trailing_rows > 0
+        trailing = block.trailing_rows
+        self._trailing = trailing > 0
+        # Experts that implement their trailing classes themselves (LongCat-Flash's identity experts: `gate_up_proj`
+        # holds E + T rows) take index E as a real expert; anywhere else it is out of range (garbage in `grouped_mm`).
+        self._pad_index = trailing > 0 and any(
+            p.shape[0] == block.num_experts + trailing for p in block.experts.parameters()
+        )
         self._handle = None
         self._restore = None
 
@@ -112,9 +118,9 @@ class ExpertObserver:
         else:
             index = top_k_index.reshape(-1, 1)
             unit = torch.ones(tokens * k, 1, dtype=top_k_weights.dtype, device=top_k_weights.device)
-            if self._trailing:
+            if self._pad_index:
                 # LongCat-Flash's experts forward squeezes away the slot axis of a top-1 call: add a second slot of
-                # index E (the first trailing class: no expert, or an identity expert) with gate 0, which adds 0.
+                # index E (its first identity expert) with gate 0, which adds 0.
                 index = torch.cat([index, torch.full_like(index, self.stats.num_experts)], dim=1)
                 unit = torch.cat([unit, torch.zeros_like(unit)], dim=1)
             outputs = original(rows, index, unit, *args, **kwargs).reshape(tokens * k, -1)

@@ -22,11 +22,21 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(p.device for p in model.parameters() if p.device.type != "meta")
 
 
+def peak_rss_kib() -> int:
+    """The process's peak resident memory in KiB: Linux's `VmHWM` (reset when a program starts; `ru_maxrss` keeps the
+    peak of the process it was forked from), else `ru_maxrss`."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def peak_memory(device: torch.device | None = None) -> dict[str, str]:
     """Peak memory so far, for progress bars: the process's resident memory, and the accelerator's if one is used."""
-    import resource
-
-    out = {"peak_rss": f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f}GB"}
+    out = {"peak_rss": f"{peak_rss_kib() / 2**20:.2f}GB"}
     if device is not None and device.type == "cuda":
         out["peak_gpu"] = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f}GB"
     return out

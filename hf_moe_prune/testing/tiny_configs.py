@@ -13,6 +13,7 @@ from transformers import AutoConfig
 VOCAB_SIZE = 384
 COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 TOP_K_KEYS = ("num_experts_per_tok", "moe_k", "moe_topk", "num_experts_per_token", "moe_top_k")
+TOP_K = 2
 
 COMMON: dict[str, Any] = {
     "vocab_size": VOCAB_SIZE,
@@ -120,6 +121,11 @@ FAMILY_OVERRIDES: dict[str, dict[str, Any]] = {
         "hidden_size_per_layer_input": 0,
         "vocab_size_per_layer_input": VOCAB_SIZE,
     },
+    "inkling_text": {"swa_num_attention_heads": 4, "swa_num_key_value_heads": 2, "swa_head_dim": 8, "d_rel": 4},
+    # `num_layers` decoder layers of two attention sublayers and one MoE each; 2 zero (identity) experts
+    "longcat_flash": {"num_layers": 2, "zero_expert_num": 2},
+    # ZaYA's config accepts top-1 routing only
+    "zaya": {"num_experts_per_tok": 1, "router_hidden_size": 16},
     "step3p5": {  # Step-3.7-Flash's text decoder: dense first layers, sliding/full attention
         "num_hidden_layers": 3,
         "mlp_layer_types": ["dense", "sparse", "sparse"],
@@ -165,7 +171,7 @@ def tiny_kwargs(model_type: str) -> dict[str, Any]:
     config = base_config(model_type)
     kwargs = {k: v for k, v in COMMON.items() if _has(config, k)}
     kwargs.update({k: 8 for k in COUNT_KEYS if _has(config, k)})
-    kwargs.update({k: 2 for k in TOP_K_KEYS if _has(config, k)})
+    kwargs.update({k: TOP_K for k in TOP_K_KEYS if _has(config, k)})
     if "kv_lora_rank" in kwargs:  # latent attention expands keys per head: no grouped-query sharing
         kwargs["num_key_value_heads"] = kwargs.get("num_attention_heads", 4)
     if any(_has(config, k) for k in _DENSE_FIRST):
@@ -177,3 +183,9 @@ def tiny_kwargs(model_type: str) -> dict[str, Any]:
         kwargs["layer_types"] = [*layer_types[: n - 1], full]
     kwargs.update(FAMILY_OVERRIDES.get(model_type, {}))
     return kwargs
+
+
+def tiny_top_k(model_type: str) -> int:
+    """The top-k of `model_type`'s tiny model: `TOP_K`, unless its config accepts only another (ZaYA: top-1)."""
+    overrides = FAMILY_OVERRIDES.get(model_type, {})
+    return next((overrides[k] for k in TOP_K_KEYS if k in overrides), TOP_K)
