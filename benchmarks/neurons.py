@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import statistics
-import time
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -34,19 +32,9 @@ from hf_moe_prune.neurons import prune_neurons
 from hf_moe_prune.testing import DOMAINS, FIXTURES, fixture_path, fixture_texts, mixed_texts
 
 try:
-    from _results import write_section
+    from _results import median_seconds, write_section
 except ImportError:  # run as a module
-    from benchmarks._results import write_section
-
-
-def _median(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    from benchmarks._results import median_seconds, write_section
 
 
 # name -> MoEPruneConfig keyword arguments (ratio added per row)
@@ -75,7 +63,7 @@ def _throughput(model, tokenizer, repeats: int) -> tuple[float, float]:
     def generate():
         model.generate(prompt, max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)
 
-    return rows.numel() / _median(forward, repeats), 32 / _median(generate, repeats)
+    return rows.numel() / median_seconds(forward, repeats), 32 / median_seconds(generate, repeats)
 
 
 def _row(context, label, target, model, result) -> None:
@@ -179,7 +167,7 @@ def layout(args) -> str:
             for label, module in (("full", full), ("stock", stock), ("grouped", grouped)):
                 with torch.no_grad():
                     call = functools.partial(module, x, index, weights)
-                    times[label] = _median(call, args.repeats) * 1e3
+                    times[label] = median_seconds(call, args.repeats) * 1e3
             line = (
                 f"| {implementation} | {tokens} | {times['full']:.2f} | {times['stock']:.2f} | "
                 f"{times['grouped']:.2f} | {times['grouped'] / times['stock']:.2f} |"

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -23,19 +21,9 @@ from hf_moe_prune.calibration import calibration_rows, collect_stats
 from hf_moe_prune.testing import fixture_path, mixed_texts
 
 try:
-    from _results import write_section
+    from _results import median_seconds, write_section
 except ImportError:  # run as a module
-    from benchmarks._results import write_section
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    from benchmarks._results import median_seconds, write_section
 
 
 def _load(args):
@@ -78,13 +66,13 @@ def calibration_table(model, rows, args) -> list[str]:
                 for start in range(0, len(rows), args.batch_size):
                     model(input_ids=rows[start : start + args.batch_size], **extra)
 
-        base = _median_seconds(plain, args.repeats)
+        base = median_seconds(plain, args.repeats)
         cells = []
         for name in METHODS.names():
             method = METHODS.get(name)
             if not method.needs_calibration:
                 continue
-            t = _median_seconds(
+            t = median_seconds(
                 lambda m=method: collect_stats(model, blocks, m.requires, rows, args.batch_size, progress=False),
                 args.repeats,
             )
@@ -109,7 +97,7 @@ def generation_table(model, rows, args) -> list[str]:
         def gen(m=m):
             m.generate(prompt, max_new_tokens=64, min_new_tokens=64, do_sample=False, pad_token_id=0)
 
-        seconds = _median_seconds(gen, args.repeats)
+        seconds = median_seconds(gen, args.repeats)
         params = sum(p.numel() for p in m.parameters())
         nbytes = sum(p.numel() * p.element_size() for p in m.parameters())
         lines.append(f"| {label} | {params:,} | {nbytes / 1e6:.2f} MB | {64 / seconds:.1f} |")
