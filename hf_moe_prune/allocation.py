@@ -21,8 +21,15 @@ def is_ignored(block: MoEBlock, ignore: list[str | int]) -> bool:
     )
 
 
+def keeps_all(block: MoEBlock, config: MoEPruneConfig) -> bool:
+    """True if whole-expert pruning leaves the block whole: ignored, or routed by a fixed table (hash routing)."""
+    return block.fixed_routing or is_ignored(block, config.ignore)
+
+
 def keep_counts(blocks: list[MoEBlock], config: MoEPruneConfig) -> dict[str, int]:
     """Number of experts each block keeps, checked against its expert count and top-k before any calibration.
+
+    Ignored blocks and blocks with fixed routing (`MoEBlock.fixed_routing`) keep all their experts.
 
     Raises:
         `ValueError`: a layer would keep fewer experts than it routes to per token, or more than it has.
@@ -40,7 +47,15 @@ def keep_counts(blocks: list[MoEBlock], config: MoEPruneConfig) -> dict[str, int
     counts = {}
     for i, block in enumerate(blocks):
         num = block.num_experts
-        if is_ignored(block, config.ignore):
+        if block.fixed_routing:
+            explicit = allocation[i] if isinstance(allocation, (list, tuple)) else per_layer.get(block.layer_idx, num)
+            if int(explicit) != num:
+                raise ValueError(
+                    f"Layer {block.layer_idx} picks its experts from a fixed token-to-expert table (hash routing), "
+                    f"not its router: it keeps all {num} experts, so give it {num} (not {explicit}) or leave it out."
+                )
+            keep = num
+        elif is_ignored(block, config.ignore):
             keep = num
         elif isinstance(allocation, (list, tuple)):
             keep = int(allocation[i])
@@ -331,10 +346,11 @@ def evolutionary_allocation(blocks, scores, budget, context=None) -> dict[str, i
 def allocate(
     blocks: list[MoEBlock], scores: dict[str, torch.Tensor], config: MoEPruneConfig, context: dict | None = None
 ) -> dict[str, int]:
-    """Keep counts for every block: explicit counts as given, ignored layers whole, the rest from the allocator."""
+    """Keep counts for every block: explicit counts as given, ignored and fixed-routing layers whole, the rest from
+    the allocator."""
     if not isinstance(config.allocation, str) or config.allocation == "uniform":
         return keep_counts(blocks, config)
-    active = [b for b in blocks if not is_ignored(b, config.ignore)]
+    active = [b for b in blocks if not keeps_all(b, config)]
     counts = {b.name: b.num_experts for b in blocks}
     if active:
         counts.update(ALLOCATIONS.get(config.allocation)(active, scores, total_budget(active, config), context))
@@ -347,7 +363,7 @@ def check_budget(blocks: list[MoEBlock], config: MoEPruneConfig) -> None:
     """Before calibration: the allocation exists and the global budget can be met with every layer's floor."""
     if isinstance(config.allocation, str) and config.allocation != "uniform":
         ALLOCATIONS.get(config.allocation)
-        active = [b for b in blocks if not is_ignored(b, config.ignore)]
+        active = [b for b in blocks if not keeps_all(b, config)]
         if active:
             budget = total_budget(active, config)
             floors = sum(layer_floor(b) for b in active)

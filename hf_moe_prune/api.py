@@ -278,7 +278,9 @@ def apply_plan(
                     f"{block.name} is offloaded (device_map); neuron pruning rebuilds its experts module, which the "
                     "offload hooks cannot follow. Load it on one device or prune with streaming=True."
                 )
-            compensate(block, block_plan.kept, context)
+            if not (block.fixed_routing and block_plan.num_kept == block.num_experts):
+                # a hash-routed block keeps every expert, and re-running it alone would lack the input ids it routes by
+                compensate(block, block_plan.kept, context)
             slice_block(block, block_plan.kept)
             if block_plan.neurons:
                 position = {expert: i for i, expert in enumerate(block_plan.kept)}

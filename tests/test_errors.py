@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import hf_moe_prune
 from hf_moe_prune import MoEPruneConfig
@@ -89,11 +89,11 @@ def test_model_without_moe_layers():
 
 def test_unsupported_family_lists_the_supported_ones():
     with torch.device("meta"):  # default-sized config: shapes only, no memory
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model("deepseek_v4"))
+        model = AutoModel.from_config(AutoConfig.for_model("switch_transformers"))
     with pytest.raises(ValueError) as error:
         hf_moe_prune.prune(model, MoEPruneConfig(method="random", ratio=0.5))
     text = str(error.value)
-    assert "Model family 'deepseek_v4'" in text and "looks like a MoE model but is not supported yet" in text
+    assert "Model family 'switch_transformers'" in text and "looks like a MoE model but is not supported yet" in text
     assert ", ".join(hf_moe_prune.ADAPTERS.names()) in text and "deepseek_v3" in text
     assert "hf_moe_prune/adapters/<model_type>.py" in text
 

@@ -28,10 +28,13 @@ def test_family(family, tmp_path):
     blocks = find_blocks(model)
     assert blocks and all(b.num_experts == 8 and b.top_k == tiny_top_k(family) for b in blocks)
     shared = {(b.name, n): p.clone() for b in blocks for s in b.adapter.shared for n, p in _params(b, s)}
+    # Blocks with fixed routing (DeepSeek-V4's hash layers) keep all their experts; every other block keeps half.
+    expected = [8 if b.fixed_routing else 4 for b in blocks]
+    assert 4 in expected
     for method in ("reap", "frequency"):
         pruned = copy.deepcopy(model)
         plan = hf_moe_prune.prune(pruned, MoEPruneConfig(method, 0.5, calibration=ROWS), progress=False)
-        assert [b.num_kept for b in plan.blocks] == [4] * len(blocks)
+        assert [b.num_kept for b in plan.blocks] == expected
         n_group = blocks[0].groups[0]
         if n_group > 1:  # group-limited routing keeps the same number of experts in every group
             for b in plan.blocks:
@@ -46,7 +49,7 @@ def test_family(family, tmp_path):
                 torch.testing.assert_close(p, shared[b.name, n], rtol=0, atol=0)
     pruned.save_pretrained(tmp_path / "out")
     reloaded = type(pruned).from_pretrained(tmp_path / "out")
-    assert [b.num_experts for b in find_blocks(reloaded)] == [4] * len(blocks)
+    assert [b.num_experts for b in find_blocks(reloaded)] == expected
     torch.testing.assert_close(_logits(reloaded), _logits(pruned), rtol=0, atol=0)
     if hasattr(pruned, "generate") and hasattr(_call(pruned), "logits"):
         out = pruned.generate(IDS[:1, :4], max_new_tokens=3, do_sample=False, pad_token_id=0)
@@ -103,3 +106,20 @@ def test_group_rules_for_grouped_routers():
         hf_moe_prune.prune(model, MoEPruneConfig("random", num_experts_to_keep=2))
     plan = hf_moe_prune.prune(model, MoEPruneConfig("random", ratio=0.3), progress=False)  # keeps 6 = 3 per group
     assert all(len(b.kept) == 6 and sum(k < 4 for k in b.kept) == 3 for b in plan.blocks)
+
+
+def test_hash_routed_layers_keep_all_their_experts():
+    model = tiny_model("deepseek_v4", router_scale=4.0)  # layer 0 routes by a fixed token -> experts table
+    assert [b.fixed_routing for b in find_blocks(model)] == [True, False, False]
+    table = find_blocks(model)[0].router.tid2eid.clone()
+    for allocation in ({0: 4}, [4, 4, 4]):
+        with pytest.raises(ValueError, match="fixed token-to-expert table"):
+            hf_moe_prune.prune(copy.deepcopy(model), MoEPruneConfig("random", allocation=allocation))
+    config = MoEPruneConfig("reap", 0.5, allocation="global", calibration=ROWS)
+    plan = hf_moe_prune.prune(copy.deepcopy(model), config, progress=False)
+    assert plan.blocks[0].num_kept == 8 and sum(b.num_kept for b in plan.blocks[1:]) == 8
+    config = MoEPruneConfig("tenp", 0.4, calibration=ROWS, method_kwargs={"multiple_of": 4, "drop_experts": 0.25})
+    pruned = copy.deepcopy(model)
+    plan = hf_moe_prune.prune(pruned, config, progress=False)
+    assert [b.num_kept for b in plan.blocks] == [8, 6, 6] and plan.blocks[0].neurons  # narrowed, none dropped
+    torch.testing.assert_close(find_blocks(pruned)[0].router.tid2eid, table, rtol=0, atol=0)

@@ -11,6 +11,7 @@ from . import (  # noqa: F401  (registration on import)
     dbrx,
     deepseek_v2,
     deepseek_v3,
+    deepseek_v4,
     deepseek_v32,
     dots1,
     dots3_note_text,

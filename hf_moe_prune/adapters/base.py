@@ -58,6 +58,12 @@ class MoEAdapter:
             the config's expert count, shared by all layers (Zaya's skip class sits at `config.num_experts`).
         layer_state (`bool`): Decoder layers hand the next layer more than hidden states (Zaya's router states), so
             streaming, which runs the layers one at a time on hidden states alone, is refused.
+        fixed_routing (`str | None`): Attribute of the block that is truthy when the block picks its experts from a
+            fixed table rather than from its router's scores (DeepSeek-V4's `is_hash` layers route through
+            `tid2eid[input_ids]`). Removing whole experts there would change which experts tokens go to, so such
+            blocks keep all their experts under whole-expert pruning (like ignored layers, automatically; an
+            explicit smaller count for them is refused); neuron pruning narrows them but drops no experts. None:
+            every block is routed by its router.
     """
 
     model_type: str
@@ -77,6 +83,7 @@ class MoEAdapter:
     count_attrs: tuple[str, ...] = ("num_experts",)
     same_count: bool = False
     layer_state: bool = False
+    fixed_routing: str | None = None
 
     def expert_tensors(self) -> list[tuple[str, int]]:
         """Block-relative paths and expert dimensions of every router/extra tensor that carries an expert axis."""
@@ -121,6 +128,13 @@ class MoEBlock:
         if trailing:  # the experts may hold the trailing rows too (LongCat-Flash's gate_up_proj): ask the router
             return int(self.router_weight.shape[0]) - trailing
         return int(next(iter(self.experts.parameters())).shape[0])
+
+    @property
+    def fixed_routing(self) -> bool:
+        """True when the block picks its experts from a fixed table, not its router (see `MoEAdapter.fixed_routing`):
+        it keeps all its experts."""
+        attr = self.adapter.fixed_routing
+        return bool(attr) and bool(getattr(self.module, attr, False))
 
     @property
     def trailing_rows(self) -> int:

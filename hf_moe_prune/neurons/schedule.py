@@ -3,7 +3,8 @@
 Per MoE layer `l` (position `t` from 0 at the first pruned layer to 1 at the last):
 
 * `drop_experts` (default 0): the fraction of the layer's experts removed whole (lowest expert scores first), so
-  neuron pruning combines with whole-expert pruning under one budget;
+  neuron pruning combines with whole-expert pruning under one budget; layers with fixed routing (DeepSeek-V4's hash
+  layers) drop none;
 * `keep_whole` (a number, or `(shallow, deep)` endpoints): the fraction of the layer's experts kept whole (highest
   expert scores), linear in `t`;
 * every other expert keeps a fraction `kappa_l` of its intermediate neurons (highest neuron scores), with
@@ -101,7 +102,8 @@ def _layers(blocks: list[MoEBlock], options: dict[str, Any]) -> list[_Layer]:
     for i, block in enumerate(blocks):
         t = i / (len(blocks) - 1) if len(blocks) > 1 else 0.0
         num = block.num_experts
-        drop = math.floor(float(options["drop_experts"]) * num + 1e-9)
+        # A block routed by a fixed table (hash routing) drops no experts: its tokens would go to removed ones.
+        drop = 0 if block.fixed_routing else math.floor(float(options["drop_experts"]) * num + 1e-9)
         if drop:
             _check_groups(block, num - drop)
             if num - drop < block.top_k:

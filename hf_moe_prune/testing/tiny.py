@@ -69,6 +69,10 @@ def tiny_model(model_type: str, seed: int = 0, router_scale: float = 20.0, **ove
             if not weight.any():  # some families initialise the router at zero: every expert would tie
                 weight.normal_(0.0, 0.02)
             weight.mul_(router_scale)
+            table = getattr(block.router, "tid2eid", None)  # DeepSeek-V4's hash routing: a token -> experts table
+            if block.fixed_routing and isinstance(table, torch.Tensor) and not table.any():
+                # initialised at zero (every token to expert 0): give each token top-k distinct random experts
+                table.copy_(torch.rand(table.shape[0], block.num_experts).argsort(-1)[:, : table.shape[1]])
     return model.eval()
 
 

@@ -126,6 +126,26 @@ FAMILY_OVERRIDES: dict[str, dict[str, Any]] = {
     "longcat_flash": {"num_layers": 2, "zero_expert_num": 2},
     # ZaYA's config accepts top-1 routing only
     "zaya": {"num_experts_per_tok": 1, "router_hidden_size": 16},
+    # one hash-routed layer (experts from a fixed `tid2eid` table: kept whole), then two top-k layers; sliding-window,
+    # compressed-sparse (with its indexer) and heavily-compressed attention; 2 hyper-connection streams
+    "deepseek_v4": {
+        "intermediate_size": 16,  # an alias of `moe_intermediate_size` here
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "qk_rope_head_dim": 8,
+        "num_hidden_layers": 3,
+        "mlp_layer_types": ["hash_moe", "moe", "moe"],
+        "layer_types": ["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"],
+        "compress_rates": {"compressed_sparse_attention": 4, "heavily_compressed_attention": 8},
+        "sliding_window": 8,
+        "o_groups": 2,
+        "o_lora_rank": 16,
+        "index_n_heads": 2,
+        "index_head_dim": 8,
+        "index_topk": 4,
+        "hc_mult": 2,
+        "hc_sinkhorn_iters": 3,
+    },
     "step3p5": {  # Step-3.7-Flash's text decoder: dense first layers, sliding/full attention
         "num_hidden_layers": 3,
         "mlp_layer_types": ["dense", "sparse", "sparse"],
