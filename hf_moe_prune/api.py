@@ -15,7 +15,7 @@ from .calibration.distributed import broadcast_plan
 from .compensation import COMPENSATIONS, BlockInputRecorder, CompensationContext, needs_inputs
 from .config import MoEPruneConfig
 from .methods import METHODS, ScoringMethod
-from .neurons import NEURON_SCORES, SCHEDULE_KEYS, WidthGroupedExperts, neuron_plan, prune_neurons, schedule_options
+from .neurons import NEURON_SCORES, SCHEDULE_KEYS, WidthGroupedExperts, narrow_experts, neuron_plan, schedule_options
 from .neurons.layout import neuron_layout
 from .neurons.schedule import check_schedule
 from .offload import onloaded
@@ -44,8 +44,11 @@ def _as_config(config: MoEPruneConfig | dict[str, Any]) -> MoEPruneConfig:
 def default_tokenizer(model: torch.nn.Module):
     """The tokenizer saved beside the model's checkpoint, if the model came from a path or Hub id that has one."""
     path = getattr(getattr(model, "config", None), "name_or_path", None)
-    if not path:
-        return None
+    return tokenizer_at(path) if path else None
+
+
+def tokenizer_at(path: str):
+    """The tokenizer saved in the folder or Hub repo `path`, or None when it holds no tokenizer files."""
     from transformers import AutoTokenizer
     from transformers.utils import cached_file
 
@@ -283,9 +286,7 @@ def apply_plan(
                 compensate(block, block_plan.kept, context)
             slice_block(block, block_plan.kept)
             if block_plan.neurons:
-                position = {expert: i for i, expert in enumerate(block_plan.kept)}
-                narrowed = {position[e]: neurons for e, neurons in block_plan.neurons.items()}
-                setattr(block.module, block.adapter.experts, prune_neurons(block.experts, narrowed))
+                narrow_experts(block, block_plan.kept, block_plan.neurons)
     counts = {b.num_kept for b in plan.blocks}
     adapter = get_adapter(model)
     set_expert_count(model, adapter, max(counts))

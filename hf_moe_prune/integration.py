@@ -19,7 +19,7 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_
 from .adapters import find_blocks
 from .api import PruneJob, prepare, prune, run
 from .config import QUANT_METHOD, MoEPruneConfig
-from .neurons import prune_neurons
+from .neurons import narrow_experts
 from .plan import PLAN_FILE, PrunePlan
 from .reshape import slice_block
 from .saving import attach_plan
@@ -86,9 +86,7 @@ def _shrink_skeleton(model, experts_per_layer: dict[str, int], expert_widths: di
         slice_block(blocks[name], list(range(count)))
     for name, widths in expert_widths.items():
         # Likewise the neurons: the checkpoint holds the kept ones, renumbered; only the widths shape the skeleton.
-        block = blocks[name]
-        narrowed = {e: list(range(w)) for e, w in enumerate(widths)}
-        setattr(block.module, block.adapter.experts, prune_neurons(block.experts, narrowed))
+        narrow_experts(blocks[name], list(range(len(widths))), {e: list(range(w)) for e, w in enumerate(widths)})
 
 
 def _saved_plan(model) -> PrunePlan | None:

@@ -17,8 +17,8 @@
    compact model is the only model ever materialized.
 
 Needs forward statistics only: methods with a `fit` (gradients: `compel`, `diep`), allocations that re-run the model
-(`evolutionary`) or record block inputs (`outlier`), and compensations that re-run blocks (`fisher`) need the whole
-model; they are refused with that reason. Requires safetensors checkpoints.
+(`evolutionary`) or record block inputs (`outlier`), and compensation (`fisher` re-runs blocks, `merge` reads the
+dropped experts) need the whole model; they are refused with that reason. Requires safetensors checkpoints.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from .adapters import find_blocks, get_adapter
 from .allocation import keep_counts, select_experts
 from .calibration.observers import ExpertObserver
+from .calibration.runner import peak_memory, peak_rss_kib
 from .calibration.stats import LayerStats
 from .config import MoEPruneConfig
 from .plan import PrunePlan
@@ -54,8 +55,6 @@ class _StopForward(Exception):
 
 def peak_rss_gb() -> float:
     """Peak resident memory of this process so far, in GB."""
-    from .calibration.runner import peak_rss_kib
-
     return peak_rss_kib() / 2**20
 
 
@@ -88,7 +87,7 @@ def _open(safe_open, file: str):
 
 
 class _Checkpoint:
-    """The safetensors files of a checkpoint, opened lazily (memory-mapped, nothing read until sliced)."""
+    """The safetensors files of a checkpoint, opened lazily (nothing is read until a slice is)."""
 
     def __init__(self, folder: str):
         from safetensors import safe_open
@@ -189,8 +188,9 @@ def _check_streamable(config: MoEPruneConfig, method, propagation: str, blocks) 
         reasons.append(f"method {method.name!r} needs gradients through the whole model")
     if config.allocation in ("evolutionary", "outlier"):
         reasons.append(f"allocation {config.allocation!r} re-runs the model or records block inputs")
-    if config.compensation not in ("none", "merge"):
-        reasons.append(f"compensation {config.compensation!r} re-runs whole blocks")
+    if config.compensation != "none":
+        # fisher re-runs whole blocks; merge folds the dropped experts' weights, which streaming never reads
+        reasons.append(f"compensation {config.compensation!r} needs the whole block in memory")
     if any(b.adapter.flat_expert_tensors for b in blocks):
         reasons.append("its experts are stored flattened")
     if any(b.adapter.layer_state for b in blocks):
@@ -249,7 +249,7 @@ def stream_prune(
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
-    from .api import decide, prepare, statistics_needed
+    from .api import decide, prepare, statistics_needed, tokenizer_at
 
     start = time.perf_counter()
     folder = _resolve(path, **hub_kwargs)
@@ -268,10 +268,8 @@ def stream_prune(
     model.eval()
     if hasattr(model, "tie_weights"):
         model.tie_weights()  # so that tied embeddings count once
-    job = prepare(model, config, tokenizer or _tokenizer(folder))
+    job = prepare(model, config, tokenizer or tokenizer_at(folder))
     _check_streamable(config, job.method, propagation, job.blocks)
-    if job.rows is None and job.method.needs_calibration:
-        raise ValueError(f"method {job.method.name!r} needs calibration data.")
     params_before = sum(p.numel() for p in model.parameters())
     checkpoint = _Checkpoint(folder)
     loader = _Loader(model, folder, dtype)
@@ -301,7 +299,7 @@ def stream_prune(
         model.tie_weights()
     missing = [name for name, p in model.named_parameters() if p.device.type == "meta"]
     if missing:
-        raise RuntimeError(f"The checkpoint at {path} lacks weights for {missing[:5]} (and {len(missing) - 5} more).")
+        raise RuntimeError(f"The checkpoint at {path} lacks weights for {len(missing)} parameters: {missing[:5]}.")
     try:
         model.generation_config = GenerationConfig.from_pretrained(folder)
     except OSError:
@@ -318,15 +316,6 @@ def stream_prune(
     return model
 
 
-def _tokenizer(folder: str):
-    from transformers import AutoTokenizer
-
-    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-    return (
-        AutoTokenizer.from_pretrained(folder) if any(os.path.isfile(os.path.join(folder, n)) for n in names) else None
-    )
-
-
 def _capture_layer_inputs(model, layers: nn.ModuleList, rows: torch.Tensor, batch_size: int):
     """Per batch: the hidden states entering the first layer and the other inputs of every layer."""
     captured: list[list[tuple[tuple, dict]]] = []
@@ -337,7 +326,7 @@ def _capture_layer_inputs(model, layers: nn.ModuleList, rows: torch.Tensor, batc
             current.append((args, kwargs))
             if index == len(layers) - 1:
                 raise _StopForward
-            return args[0] if args else kwargs["hidden_states"]
+            return _hidden_of(args, kwargs)
 
         return forward
 
@@ -379,7 +368,7 @@ def _calibrate(model, job, layers, groups, checkpoint, loader, requires, propaga
     hidden = [_hidden_of(*batch[0]) for batch in captured]
     by_layer: dict[int, list] = {}
     for block in job.blocks:
-        by_layer.setdefault(_layer_index(block.name), []).append(block)
+        by_layer.setdefault(block.layer_idx, []).append(block)
     counts = keep_counts(job.blocks, config) if propagation == "pruned" else {}
     method_kwargs = statistics_needed(job)[1]
     stats: dict[str, LayerStats] = {}
@@ -412,23 +401,18 @@ def _calibrate(model, job, layers, groups, checkpoint, loader, requires, propaga
                 outputs = [_run_layer(layer, h, *captured[b][i]) for b, h in enumerate(hidden)]
         hidden = outputs
         _release(layer)
-        bar.set_postfix(peak_rss=f"{peak_rss_gb():.2f} GB")
+        bar.set_postfix(peak_memory(), refresh=False)
     return stats
-
-
-def _layer_index(name: str) -> int:
-    return int(re.search(r"\.(\d+)(?:\.|$)", "." + name).group(1))
 
 
 def _load_compact(model, plan: PrunePlan, layers, groups, checkpoint, loader, progress) -> None:
     """Read only the kept experts' tensors into the model, shrunk to the plan first."""
-    from .neurons import prune_neurons
+    from .neurons import narrow_experts
 
-    blocks = {b.name: b for b in find_blocks(model)}
     plans = {b.name: b for b in plan.blocks}
     per_layer: dict[int, list] = {}
-    for name, block in blocks.items():
-        per_layer.setdefault(_layer_index(name), []).append(block)
+    for block in find_blocks(model):
+        per_layer.setdefault(block.layer_idx, []).append(block)
     bar = tqdm(range(len(layers)), desc="loading kept experts", unit="layer", disable=not progress)
     for i in bar:
         subset = {}
@@ -466,9 +450,6 @@ def _load_compact(model, plan: PrunePlan, layers, groups, checkpoint, loader, pr
         loader.load(model, subset)
         _trim()
         for block in per_layer.get(i, []):
-            block_plan = plans[block.name]
-            if block_plan.neurons:
-                position = {expert: j for j, expert in enumerate(block_plan.kept)}
-                narrowed = {position[e]: n for e, n in block_plan.neurons.items()}
-                setattr(block.module, block.adapter.experts, prune_neurons(block.experts, narrowed))
-        bar.set_postfix(peak_rss=f"{peak_rss_gb():.2f} GB")
+            if plans[block.name].neurons:
+                narrow_experts(block, plans[block.name].kept, plans[block.name].neurons)
+        bar.set_postfix(peak_memory(), refresh=False)

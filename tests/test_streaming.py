@@ -86,7 +86,8 @@ def test_pruned_prefix_propagation_decides_layer_by_layer():
     [
         ({"method": "compel"}, "needs gradients"),
         ({"method": "reap", "allocation": "evolutionary"}, "re-runs the model"),
-        ({"method": "reap", "compensation": "fisher"}, "re-runs whole blocks"),
+        ({"method": "reap", "compensation": "fisher"}, "needs the whole block in memory"),
+        ({"method": "reap", "compensation": "merge"}, "needs the whole block in memory"),
     ],
 )
 def test_streaming_refuses_what_needs_the_whole_model(kwargs, message):

@@ -20,7 +20,13 @@ from ..registry import Registry
 #   neuron_magnitude   sum of |a_i(x)| * ||W_d[:, i]||
 #   neuron_projection  sum of a_i(x) * (W_d[:, i] . f_j(x) / ||f_j(x)||)
 STATISTICS = (
-    "count", "gate_sum", "norm_sum", "gate_norm_sum", "direction_sum", "neuron_magnitude", "neuron_projection"
+    "count",
+    "gate_sum",
+    "norm_sum",
+    "gate_norm_sum",
+    "direction_sum",
+    "neuron_magnitude",
+    "neuron_projection",
 )
 NEURON_STATISTICS = frozenset({"neuron_magnitude", "neuron_projection"})
 # Need the experts' outputs, not only the routing.

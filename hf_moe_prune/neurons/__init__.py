@@ -1,6 +1,6 @@
 """Expert-neuron pruning: the fused layout of intermediate neurons, width-grouped experts, and the neuron schedule."""
 
-from .grouped import WidthGroupedExperts, prune_neurons
+from .grouped import WidthGroupedExperts, narrow_experts, prune_neurons
 from .layout import NeuronLayout, expert_intermediate, neuron_layout
 from .schedule import NEURON_ALLOCATIONS, NEURON_SCORES, SCHEDULE_KEYS, neuron_plan, schedule_options
 
@@ -11,6 +11,7 @@ __all__ = [
     "NeuronLayout",
     "WidthGroupedExperts",
     "expert_intermediate",
+    "narrow_experts",
     "neuron_layout",
     "neuron_plan",
     "prune_neurons",

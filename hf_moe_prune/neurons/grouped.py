@@ -144,3 +144,11 @@ def prune_neurons(experts: nn.Module, neurons: dict[int, list[int]]) -> WidthGro
     widths = [len(kept[e]) for e in range(num_experts)]
     groups = [_group_module(experts, members, [kept[e] for e in members]) for _, members in _group_members(widths)]
     return WidthGroupedExperts(groups, widths)
+
+
+def narrow_experts(block, kept: list[int], neurons: dict[int, list[int]]) -> None:
+    """Give `block` (its experts already sliced to `kept`, in that order) width-grouped experts keeping, for original
+    expert `e`, only neurons `neurons[e]`."""
+    position = {expert: i for i, expert in enumerate(kept)}
+    narrowed = {position[e]: chosen for e, chosen in neurons.items()}
+    setattr(block.module, block.adapter.experts, prune_neurons(block.experts, narrowed))
