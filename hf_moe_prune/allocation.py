@@ -231,6 +231,26 @@ def learned_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
     return _global_rank(blocks, {b.name: scores[b.name] for b in blocks}, budget)
 
 
+def input_weights(block) -> torch.Tensor:
+    """The weights through which the experts read the block input, as `[E, rows, hidden]`: the fused gate/up (or up)
+    projection, transposed back where the family stores it `[E, hidden, rows]` (GPT-OSS), or the first linear of every
+    per-expert module stacked (Switch Transformers' `wi`)."""
+    hidden = block.router_weight.shape[1]
+    fused = [p for _, p, e in block.expert_weights() if e is None and p.dim() == 3]
+    for p in fused:
+        if getattr(block.experts, "is_transposed", False) and p.shape[1] == hidden:
+            return p.transpose(1, 2)
+        if p.shape[2] == hidden:
+            return p
+    per_expert: dict[str, list[torch.Tensor]] = {}
+    for name, p, e in block.expert_weights():
+        if e is not None and p.dim() == 2 and p.shape[1] == hidden:
+            per_expert.setdefault(name, []).append(p)
+    if per_expert:
+        return torch.stack(next(iter(per_expert.values())))
+    raise ValueError(f"{block.name}: cannot find the experts' input projection (an [E, rows, {hidden}] weight).")
+
+
 @ALLOCATIONS.register("outlier")
 def outlier_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
     """COMPEL's layer importance, read as OWL (Yin et al. 2024): layers with more weight outliers keep more experts.
@@ -246,7 +266,7 @@ def outlier_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
     norms = (context or {}).get("input_norms", {})
     ratios = []
     for b in blocks:
-        weight = b.experts.gate_up_proj.detach().float().abs()  # [E, 2I, H]
+        weight = input_weights(b).detach().float().abs()  # [E, rows, H]
         xnorm = norms.get(b.name)
         metric = weight * xnorm.to(weight.device).float().view(1, 1, -1) if xnorm is not None else weight
         ratios.append(float((metric > hyper_m * metric.mean()).float().mean()))
@@ -266,7 +286,7 @@ def outlier_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
 @torch.no_grad()
 def _agreement(model, blocks, scores, counts, rows, teacher) -> float:
     """ESAP fitness: mean over positions of sum_v min(p_full, p_pruned), with the plan applied as a router mask."""
-    from .calibration import model_device
+    from .calibration.runner import model_device, model_inputs
     from .reshape import mask_experts
 
     kept = {b.name: select_experts(scores[b.name], counts[b.name], b.groups[0]) for b in blocks}
@@ -274,7 +294,7 @@ def _agreement(model, blocks, scores, counts, rows, teacher) -> float:
     total = 0.0
     with mask_experts(blocks, kept):
         for batch, reference in zip(rows, teacher, strict=True):
-            probs = torch.softmax(model(input_ids=batch.to(device), use_cache=False).logits.float(), dim=-1)
+            probs = torch.softmax(model(**model_inputs(model, batch.to(device)), use_cache=False).logits.float(), dim=-1)
             total += float(torch.minimum(probs, reference.to(probs.device)).sum(-1).mean())
     return total / len(teacher)
 
@@ -300,11 +320,12 @@ def evolutionary_allocation(blocks, scores, budget, context=None) -> dict[str, i
     options = {"population": 8, "generations": 8, "survivors": 3, "search_rows": 4, **context.get("evolution", {})}
     search = rows[: options["search_rows"]]
     batches = [search[i : i + 2] for i in range(0, len(search), 2)]
-    from .calibration import model_device
+    from .calibration.runner import model_device, model_inputs
 
+    device = model_device(model)
     with torch.no_grad():
         teacher = [
-            torch.softmax(model(input_ids=b.to(model_device(model)), use_cache=False).logits.float(), -1).cpu()
+            torch.softmax(model(**model_inputs(model, b.to(device)), use_cache=False).logits.float(), -1).cpu()
             for b in batches
         ]
     generator = torch.Generator().manual_seed(int(context.get("seed", 0)))

@@ -12,7 +12,7 @@ from .adapters import MoEBlock, find_blocks, get_adapter, text_config
 from .allocation import allocate, check_budget, keep_counts, select_experts
 from .calibration import LayerStats, calibration_rows, collect_stats, describe
 from .calibration.distributed import broadcast_plan
-from .compensation import COMPENSATIONS, BlockInputRecorder, CompensationContext, needs_inputs
+from .compensation import COMPENSATIONS, BlockInputRecorder, CompensationContext, check_compensation, needs_inputs
 from .config import MoEPruneConfig
 from .methods import METHODS, ScoringMethod
 from .neurons import NEURON_SCORES, SCHEDULE_KEYS, WidthGroupedExperts, narrow_experts, neuron_plan, schedule_options
@@ -81,6 +81,7 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
         counts = keep_counts(blocks, config)  # raises before calibration when a layer's count is infeasible
         check_budget(blocks, config)
         check_same_count(blocks[0].adapter, counts.values(), config.allocation)
+    check_compensation(config.compensation, blocks)
     if needs_inputs(config.compensation) and not all(b.adapter.standalone for b in blocks):
         raise ValueError(
             f"compensation={config.compensation!r} re-runs each MoE block on its own, but a "

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers.utils.logging import is_progress_bar_enabled
 
 from .calibration import calibration_rows, model_device
+from .calibration.runner import model_inputs
 
 
 @dataclass
@@ -62,13 +63,18 @@ def _score_rows(model, rows: torch.Tensor, reference, batch_size: int, progress:
         range(0, len(rows), batch_size), desc=desc, unit="batch", disable=not progress or not is_progress_bar_enabled()
     ):
         batch = rows[start : start + batch_size].to(device)
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-        targets = batch[:, 1:]
+        # Decoder-only: position t predicts token t + 1. Encoder-decoder: the decoder, teacher-forced on the rows
+        # shifted right while the encoder reads them, predicts token t at position t (a reconstruction perplexity).
+        shift = 0 if getattr(model.config, "is_encoder_decoder", False) else 1
+        logits = model(**model_inputs(model, batch), use_cache=False).logits[:, : batch.shape[1] - shift].float()
+        targets = batch[:, shift:]
         log_probs = F.log_softmax(logits, dim=-1)
         nll -= log_probs.gather(-1, targets.unsqueeze(-1)).sum().item()
         count += targets.numel()
         if reference is not None:
-            ref_logits = reference(input_ids=batch.to(model_device(reference)), use_cache=False).logits[:, :-1]
+            ref_batch = batch.to(model_device(reference))
+            ref_logits = reference(**model_inputs(reference, ref_batch), use_cache=False).logits
+            ref_logits = ref_logits[:, : batch.shape[1] - shift]
             ref_log_probs = F.log_softmax(ref_logits.float().to(log_probs.device), dim=-1)
             kl += (ref_log_probs.exp() * (ref_log_probs - log_probs)).sum().item()
             agree += (ref_log_probs.argmax(-1) == log_probs.argmax(-1)).sum().item()
@@ -93,7 +99,8 @@ def evaluate(
     """Perplexity per domain and overall; with `reference`, also KL divergence and top-1 agreement against it.
 
     Args:
-        model (`PreTrainedModel`): The causal LM to evaluate.
+        model (`PreTrainedModel`): The causal LM (or encoder-decoder model, scored reconstructing its input) to
+            evaluate.
         tokenizer: Its tokenizer.
         texts: `{domain: texts}` (each a list of strings, a path, or anything `MoEPruneConfig.calibration` accepts),
             or a single source (domain `"all"`).

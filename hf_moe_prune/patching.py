@@ -23,3 +23,24 @@ def wrap_forward(module: nn.Module, make: Callable[[Callable], Callable]) -> Cal
             module.__dict__.pop("forward", None)
 
     return restore
+
+
+def wrap_experts(block, make: Callable[[Callable], Callable]) -> Callable[[], None]:
+    """`wrap_forward` on a MoE block's experts module, where `make` always sees and calls the experts in the standard
+    form `forward(hidden, top_k_index, top_k_weights, ...)`: for families that call their experts with a dispatch
+    mask (Switch Transformers), the call is translated both ways (`MoEBlock.to_top_k`/`from_top_k`)."""
+    if not block.adapter.dispatch_mask:
+        return wrap_forward(block.experts, make)
+
+    def translated(original):
+        def standard(hidden, top_k_index, top_k_weights, *args, **kwargs):
+            return original(hidden, *block.from_top_k(top_k_index, top_k_weights), *args, **kwargs)
+
+        inner = make(standard)
+
+        def forward(hidden, dispatch, weights, *args, **kwargs):
+            return inner(hidden, *block.to_top_k(dispatch, weights), *args, **kwargs)
+
+        return forward
+
+    return wrap_forward(block.experts, translated)

@@ -71,8 +71,12 @@ class PrunePlan:
 
     @property
     def is_uniform(self) -> bool:
-        """Every block keeps the same number of experts at full width (a stock config can express the result)."""
-        return len({b.num_kept for b in self.blocks}) <= 1 and not self.expert_widths
+        """Every block keeps the same number of experts at full width, in a family whose config counts its routed
+        experts (JetMoE's does not): a stock config can express the result."""
+        from .adapters import ADAPTERS
+
+        counted = self.model_type not in ADAPTERS or bool(ADAPTERS.get(self.model_type).count_keys)
+        return counted and len({b.num_kept for b in self.blocks}) <= 1 and not self.expert_widths
 
     @property
     def expert_widths(self) -> dict[str, list[int]]:

@@ -12,7 +12,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from transformers import PreTrainedModel
 
-from .adapters import MoEAdapter, MoEBlock, text_config
+from .adapters import MoEAdapter, MoEBlock, per_expert_modules, text_config
+
 
 
 def _owner(block: MoEBlock, path: str) -> tuple[nn.Module, str] | None:
@@ -58,9 +59,12 @@ def slice_block(block: MoEBlock, kept: list[int]) -> None:
         raise ValueError(f"{block.name}: kept experts {kept} must be distinct indices below {num_experts}.")
     index = torch.as_tensor(kept, dtype=torch.long, device="cpu")
     experts = block.experts
-    for name in [*experts._parameters, *experts._buffers]:
-        if getattr(experts, name) is not None:
-            _slice_tensor(experts, name, index, 0, num_experts, trailing)
+    for module in block.expert_modules:
+        for name in [*module._parameters, *module._buffers]:
+            if getattr(module, name) is not None:
+                _slice_tensor(module, name, index, 0, num_experts, trailing)
+        if per_expert_modules(module, num_experts) is not None:
+            _keep_children(module, kept)
     for path in block.adapter.flat_expert_tensors:  # [E * rows, ...] stored flat: slice as [E, rows, ...]
         module_path, _, name = path.rpartition(".")
         module = experts.get_submodule(module_path) if module_path else experts
@@ -75,12 +79,24 @@ def slice_block(block: MoEBlock, kept: list[int]) -> None:
     if trailing:
         counts[num_experts + trailing] = len(kept) + trailing  # LongCat-Flash's `total_experts`, Zaya's classes
     # Each module once: a count already rewritten must not be mapped again (kept + T may equal E).
-    for module in {id(m): m for m in (block.module, experts, block.router)}.values():
+    for module in {id(m): m for m in (block.module, block.router, *block.expert_modules)}.values():
         for attr in block.adapter.count_attrs:
             # Only attributes that hold the expert count: OpenAI-privacy-filter's MLP names its top-k multiplier so.
             value = getattr(module, attr, None)
             if isinstance(value, int) and not isinstance(value, bool) and value in counts:
                 setattr(module, attr, counts[value])
+
+
+def _keep_children(module: nn.Module, kept: list[int]) -> None:
+    """Keep the per-expert children `kept` of a list/dict of experts, renumbered in that order under the names the
+    first len(kept) experts had (`expert_0`, `expert_1`, ... in Switch Transformers), as a checkpoint of the smaller
+    model names them."""
+    names = list(module._modules)
+    children = [module._modules[names[k]] for k in kept]
+    for name in names:
+        del module._modules[name]
+    for name, child in zip(names, children, strict=False):
+        module._modules[name] = child
 
 
 def check_same_count(adapter: MoEAdapter, counts, allocation=None) -> None:
@@ -102,6 +118,8 @@ def set_expert_count(model: nn.Module, adapter: MoEAdapter, count: int) -> None:
     Config aliases (`attribute_map`) would fold two keys into one, so the keys are written to the instance dict
     directly: config.json then carries all of them.
     """
+    if not adapter.count_keys:  # no config key counts the routed experts alone (JetMoE): per-layer counts reload
+        return
     config = text_config(model.config)
     for key in adapter.count_keys:
         *parents, leaf = key.split(".")  # nested sub-configs, e.g. DBRX's "ffn_config.moe_num_experts"

@@ -193,6 +193,9 @@ def _check_streamable(config: MoEPruneConfig, method, propagation: str, blocks) 
         reasons.append(f"compensation {config.compensation!r} needs the whole block in memory")
     if any(b.adapter.flat_expert_tensors for b in blocks):
         reasons.append("its experts are stored flattened")
+    if any(b.adapter.more_experts for b in blocks):
+        reasons.append("its experts' weights are split over several modules")
+
     if any(b.adapter.layer_state for b in blocks):
         reasons.append("its decoder layers pass state besides hidden states from one to the next")
     if propagation not in PROPAGATIONS:
@@ -254,6 +257,11 @@ def stream_prune(
     start = time.perf_counter()
     folder = _resolve(path, **hub_kwargs)
     model_config = AutoConfig.from_pretrained(folder)
+    if getattr(model_config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"Streaming (plan before load) runs one stack of decoder layers; {model_config.model_type} is an "
+            "encoder-decoder model. Load it first and prune it (streaming=False)."
+        )
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
     if dtype in (None, "auto"):

@@ -8,6 +8,7 @@ import torch
 
 import hf_moe_prune
 from hf_moe_prune import ADAPTERS, MoEPruneConfig, find_blocks
+from hf_moe_prune.calibration.runner import model_inputs
 from hf_moe_prune.reshape import mask_experts
 from hf_moe_prune.testing import tiny_model
 from hf_moe_prune.testing.tiny_configs import tiny_top_k
@@ -18,7 +19,7 @@ IDS = torch.randint(1, 300, (2, 16), generator=torch.Generator().manual_seed(1))
 
 def _logits(model, ids=IDS):
     with torch.no_grad():
-        out = model(input_ids=ids)
+        out = model(**model_inputs(model, ids))  # encoder-decoder models: the decoder reads the ids too
     return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
 
@@ -50,15 +51,21 @@ def test_family(family, tmp_path):
     pruned.save_pretrained(tmp_path / "out")
     reloaded = type(pruned).from_pretrained(tmp_path / "out")
     assert [b.num_experts for b in find_blocks(reloaded)] == expected
-    torch.testing.assert_close(_logits(reloaded), _logits(pruned), rtol=0, atol=0)
+    saved, loaded = pruned.state_dict(), reloaded.state_dict()
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    # Bit-identical weights; the logits may differ in the last bits only: a tensor read from safetensors has another
+    # memory alignment, which changes the BLAS kernel of small matmuls (seen with Switch Transformers' per-expert
+    # linears: 2e-7 for one row, 0 after `.clone()` of the same weight).
+    torch.testing.assert_close(_logits(reloaded), _logits(pruned), rtol=0, atol=1e-5)
     if hasattr(pruned, "generate") and hasattr(_call(pruned), "logits"):
-        out = pruned.generate(IDS[:1, :4], max_new_tokens=3, do_sample=False, pad_token_id=0)
-        assert out.shape[1] == 7
+        out = pruned.generate(IDS[:1, :4], max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=0)
+        # decoder-only: the prompt and 3 new tokens; encoder-decoder: the decoder start token and 3 new tokens
+        assert out.shape[1] == (4 if pruned.config.is_encoder_decoder else 7)
 
 
 def _call(model):
     with torch.no_grad():
-        return model(input_ids=IDS[:1, :4])
+        return model(**model_inputs(model, IDS[:1, :4]))
 
 
 def _params(block, attribute):

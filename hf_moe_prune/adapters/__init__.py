@@ -36,6 +36,7 @@ from . import (  # noqa: F401  (registration on import)
     inkling2_text,
     inkling_text,
     jamba,
+    jetmoe,
     kimi_linear,
     kolibri1,
     laguna,
@@ -62,8 +63,9 @@ from . import (  # noqa: F401  (registration on import)
     qwen3_vl_moe_text,
     solar_open,
     step3p5,
+    switch_transformers,
     zaya,
 )
-from .base import ADAPTERS, MoEAdapter, MoEBlock, find_blocks, get_adapter, text_config
+from .base import ADAPTERS, MoEAdapter, MoEBlock, find_blocks, get_adapter, per_expert_modules, text_config
 
-__all__ = ["ADAPTERS", "MoEAdapter", "MoEBlock", "find_blocks", "get_adapter", "text_config"]
+__all__ = ["ADAPTERS", "MoEAdapter", "MoEBlock", "find_blocks", "get_adapter", "per_expert_modules", "text_config"]

@@ -32,7 +32,9 @@ class MoEAdapter:
         router (`str`): Attribute of the block holding the router.
         experts (`str`): Attribute of the block holding the fused routed experts.
         count_keys (`tuple[str]`): Config keys for the routed-expert count; all are written so that checkpoints load in
-            every transformers version that used one of them.
+            every transformers version that used one of them. Empty when no config key counts only the routed experts
+            (JetMoE's `num_local_experts` sizes its attention experts too): pruned checkpoints then always carry the
+            per-layer counts in `quantization_config`, and hf_moe_prune's quantizer shrinks the model when it loads.
         top_k_key (`str`): Config key for the number of experts per token.
         router_tensors (`tuple[str]`): Router parameters/buffers with an expert dimension 0 (sliced when present).
         router_weight (`str`): Path, inside the router, of the `[E, hidden]` weight its logits come from.
@@ -43,7 +45,16 @@ class MoEAdapter:
             `mlp.w1`), sliced as `[E, rows, ...]`.
         routing (`str`): `"experts_call"` (the default): the experts module is called as `experts(hidden,
             top_k_index, top_k_weights)` with the gates the model applies; `"dense_scaled_input"`: Llama-4 style, the
-            router returns `[tokens, E]` gates (0 for unselected experts) that scale the input of every expert.
+            router returns `[tokens, E]` gates (0 for unselected experts) that scale the input of every expert;
+            `"sorted_dispatch"`: JetMoE style, the router returns `(slot order, token of each row, gate of each row,
+            rows per expert, logits)` and the expert modules run on the (token, slot) rows sorted by expert, the
+            last of them (`more_experts[-1]`) returning each row's ungated expert output.
+        dispatch_mask (`bool`): With `"experts_call"`: the experts module takes a one-hot dispatch mask
+            `[tokens, k, E]` (all zero for a token its expert had no capacity for) and gates `[tokens, k]` instead of
+            top-k indices (Switch Transformers); `MoEBlock.to_top_k`/`from_top_k` translate.
+        more_experts (`tuple[str]`): Further block attributes holding routed-expert weights, expert dimension first,
+            beside `experts` (JetMoE's `output_linear`, next to `input_linear`): sliced, counted and merged with it.
+        top_k (`int`): The number of experts per token when the family's config has no key for it (Switch: 1).
         standalone (`bool`): The block runs alone on hidden states (`block(h)`); False when the block is a whole
             decoder layer (Gemma-4), which needs position embeddings: compensation that re-runs blocks is refused.
         trailing_rows (`int | str`): How many non-routed classes follow the E routed experts in the router's logits
@@ -84,6 +95,9 @@ class MoEAdapter:
     same_count: bool = False
     layer_state: bool = False
     fixed_routing: str | None = None
+    dispatch_mask: bool = False
+    more_experts: tuple[str, ...] = ()
+    top_k: int = 0
 
     def expert_tensors(self) -> list[tuple[str, int]]:
         """Block-relative paths and expert dimensions of every router/extra tensor that carries an expert axis."""
@@ -116,6 +130,45 @@ class MoEBlock:
     @property
     def router_weight(self) -> torch.Tensor:
         return self.router.get_parameter(self.adapter.router_weight)
+
+    @property
+    def expert_modules(self) -> list[nn.Module]:
+        """The modules holding routed-expert weights: `experts`, then the adapter's `more_experts`."""
+        return [self.experts, *(getattr(self.module, name) for name in self.adapter.more_experts)]
+
+    def expert_weights(self) -> list[tuple[str, torch.nn.Parameter, int | None]]:
+        """Every routed-expert weight as `(name, parameter, expert)`: fused `[E, ...]` tensors with expert None, and
+        the tensors of per-expert submodules (`nn.ModuleList`/`nn.ModuleDict` experts, as in Switch Transformers)
+        with the index of the expert owning them and their name inside it."""
+        out = []
+        num = self.num_experts
+        for module in self.expert_modules:
+            for name, param in module.named_parameters(recurse=False):
+                if param.dim() and param.shape[0] == num:
+                    out.append((name, param, None))
+            children = per_expert_modules(module, num)
+            for expert, child in enumerate(children or ()):
+                out.extend((name, param, expert) for name, param in child.named_parameters())
+        return out
+
+    def to_top_k(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the experts module was called with, as `(top_k_index, top_k_weights)` of shape `[tokens, k]`.
+
+        A dispatch mask (`MoEAdapter.dispatch_mask`) becomes expert ids; a slot whose token got no expert (over
+        capacity) becomes index E (past the last expert, ignored by the statistics) with gate 0.
+        """
+        if not self.adapter.dispatch_mask:
+            return index, weights
+        routed = index.bool().any(-1)
+        ids = index.argmax(-1).masked_fill(~routed, self.num_experts)
+        return ids, weights * routed.to(weights.dtype)
+
+    def from_top_k(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(top_k_index, top_k_weights)` as the experts module takes them (the inverse of `to_top_k`; any k)."""
+        if not self.adapter.dispatch_mask:
+            return index, weights
+        num = self.num_experts
+        return torch.nn.functional.one_hot(index.long().clamp(max=num), num + 1)[..., :num], weights
 
     @property
     def num_experts(self) -> int:
@@ -157,7 +210,7 @@ class MoEBlock:
 
     @property
     def top_k(self) -> int:
-        top_k = self._routing_attr("top_k", "num_experts_per_tok", "moe_topk")
+        top_k = self._routing_attr("top_k", "num_experts_per_tok", "moe_topk") or self.adapter.top_k or None
         if top_k is None:
             # the config of the experts, else of the router or block (Gemma-4's experts keep none)
             owner = next((m for m in (self.experts, self.router, self.module) if hasattr(m, "config")), None)
@@ -171,6 +224,16 @@ class MoEBlock:
         """`(n_group, topk_group)` of group-limited routing (DeepSeek-V3 style); `(1, 1)` without groups."""
         n_group = self._routing_attr("num_group", "n_group") or 1
         return n_group, self._routing_attr("topk_group") or n_group
+
+
+def per_expert_modules(module: nn.Module, num_experts: int) -> list[nn.Module] | None:
+    """The children of `module` when it is a list or dict of exactly `num_experts` expert modules (one per expert, the
+    transformers 4 layout Switch Transformers keeps), else None."""
+    from torch import nn
+
+    if isinstance(module, (nn.ModuleList, nn.ModuleDict)) and len(module) == num_experts:
+        return list(module.values()) if isinstance(module, nn.ModuleDict) else list(module)
+    return None
 
 
 def text_config(config):
@@ -199,6 +262,23 @@ def get_adapter(model: nn.Module) -> MoEAdapter:
 _LAYER_RE = re.compile(r"\.(\d+)(?:\.|$)")
 
 
+def _stack_starts(model: nn.Module, names: list[str]) -> dict[str, int]:
+    """The first layer index of each layer stack holding `names`, when there are several: encoder-decoder models
+    (Switch Transformers) number each stack's layers from 0, so later stacks continue after the earlier ones (encoder
+    layers 0..N-1, decoder layers N..) and layer indices stay unique. `{}` for a single stack."""
+    stacks = []
+    for name in names:
+        match = _LAYER_RE.search("." + name)
+        stack = name[: max(0, match.start() - 1)] if match else None
+        if stack and stack not in stacks:
+            stacks.append(stack)
+    starts, total = {}, 0
+    for stack in stacks if len(stacks) > 1 else ():
+        starts[stack] = total
+        total += len(model.get_submodule(stack))
+    return starts
+
+
 def find_blocks(model: nn.Module, adapter: MoEAdapter | None = None) -> list[MoEBlock]:
     """List the routed MoE blocks of `model` in module order.
 
@@ -206,12 +286,18 @@ def find_blocks(model: nn.Module, adapter: MoEAdapter | None = None) -> list[MoE
         `ValueError`: the family is unsupported or the model has no MoE layer.
     """
     adapter = adapter or get_adapter(model)
+    # Decoder-layer blocks (Gemma-4) exist in dense models too: only those holding a router are MoE blocks.
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if type(module).__name__ == adapter.block_class and hasattr(module, adapter.router)
+    ]
+    starts = _stack_starts(model, [name for name, _ in found])
     blocks = []
-    for name, module in model.named_modules():
-        # Decoder-layer blocks (Gemma-4) exist in dense models too: only those holding a router are MoE blocks.
-        if type(module).__name__ == adapter.block_class and hasattr(module, adapter.router):
-            match = _LAYER_RE.search("." + name)
-            blocks.append(MoEBlock(name, int(match.group(1)) if match else len(blocks), module, adapter))
+    for name, module in found:
+        match = _LAYER_RE.search("." + name)
+        layer = starts.get(name[: max(0, match.start() - 1)], 0) + int(match.group(1)) if match else len(blocks)
+        blocks.append(MoEBlock(name, layer, module, adapter))
     if not blocks:
         raise ValueError(
             f"{type(model).__name__} has no MoE layers ({adapter.block_class} not found): every layer is dense, so "

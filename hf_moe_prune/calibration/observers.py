@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..adapters import MoEBlock
 from ..methods import NEURON_STATISTICS, OUTPUT_STATISTICS
-from ..patching import wrap_forward
+from ..patching import wrap_experts
 from .stats import LayerStats
 
 
@@ -62,6 +62,16 @@ class ExpertObserver:
                 self.block.router.register_forward_hook(self._keep_router_scores),
                 experts.register_forward_hook(self._dense_outputs),
             ]
+        elif self.block.adapter.routing == "sorted_dispatch":
+            if self.layout is not None:
+                raise ValueError(
+                    f"{self.block.adapter.model_type}: its experts are not a fused module with a described layout, "
+                    "so neuron statistics (tenp, unit='neuron') are not available; prune whole experts."
+                )
+            self._handles = [self.block.router.register_forward_hook(self._sorted_routing)]
+            if self.needs_outputs:
+                last = self.block.expert_modules[-1]  # returns each sorted row's ungated expert output
+                self._handles.append(last.register_forward_hook(self._sorted_outputs))
         elif self.needs_outputs:
 
             def make(original):
@@ -70,7 +80,7 @@ class ExpertObserver:
 
                 return forward
 
-            self._restore = wrap_forward(experts, make)  # keeps accelerate's offloading hook underneath
+            self._restore = wrap_experts(self.block, make)  # keeps accelerate's offloading hook underneath
         else:
             self._handle = experts.register_forward_pre_hook(self._pre_hook, with_kwargs=True)
 
@@ -104,7 +114,24 @@ class ExpertObserver:
     def _pre_hook(self, module, args, kwargs):
         top_k_index = args[1] if len(args) > 1 else kwargs["top_k_index"]
         top_k_weights = args[2] if len(args) > 2 else kwargs["top_k_weights"]
-        self._record(top_k_index, top_k_weights, None)
+        self._record(*self.block.to_top_k(top_k_index, top_k_weights), None)
+
+    def _sorted_routing(self, module, args, output):
+        # JetMoE: rows sorted by expert, `sizes[e]` rows each; every token has exactly k rows, so the flat row order
+        # viewed as [tokens, k] pairs each row's expert with its gate (`_record` only reads them flattened).
+        _, token, gates, sizes, _ = output
+        x = args[0].reshape(-1, args[0].shape[-1])
+        sizes = torch.as_tensor(sizes, device=gates.device)
+        index = torch.repeat_interleave(torch.arange(len(sizes), device=gates.device), sizes).view(len(x), -1)
+        if self.needs_outputs:
+            self._sorted = (index, gates.view(len(x), -1), x[token])
+        else:
+            self._record(index, gates.view(len(x), -1), None)
+
+    def _sorted_outputs(self, module, args, output):
+        index, gates, rows = self._sorted
+        self._sorted = None
+        self._record(index, gates, output, inputs=rows)
 
     def _forward_per_slot(self, original, hidden_states, top_k_index, top_k_weights, *args, **kwargs):
         tokens, k = top_k_index.shape

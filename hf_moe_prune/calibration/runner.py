@@ -22,6 +22,19 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(p.device for p in model.parameters() if p.device.type != "meta")
 
 
+def model_inputs(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Keyword inputs of one forward over token rows `ids`.
+
+    Decoder-only models read the rows as `input_ids`. Encoder-decoder models (Switch Transformers) read them in the
+    encoder and, teacher-forced, in the decoder (the rows shifted right behind the decoder start token, as for
+    `labels=ids`), so the experts of both stacks see the text and logit position t predicts token t.
+    """
+    inputs = {"input_ids": ids}
+    if getattr(model.config, "is_encoder_decoder", False):
+        inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=ids)
+    return inputs
+
+
 def peak_rss_kib() -> int:
     """The process's peak resident memory in KiB: Linux's `VmHWM` (reset when a program starts; `ru_maxrss` keeps the
     peak of the process it was forked from), else `ru_maxrss`."""
@@ -89,7 +102,7 @@ def collect_stats(
             starts = local_batches(len(rows), batch_size)  # all the batches, or this rank's share of them
             bar = tqdm(starts, desc="calibration", unit="batch", disable=disabled)
             for start in bar:
-                model(input_ids=rows[start : start + batch_size].to(device), **extra)
+                model(**model_inputs(model, rows[start : start + batch_size].to(device)), **extra)
                 sums.take(observers)
                 bar.set_postfix(peak_memory(device), refresh=False)
     finally:

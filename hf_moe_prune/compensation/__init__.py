@@ -36,6 +36,13 @@ def needs_inputs(name: str) -> bool:
     return bool(getattr(COMPENSATIONS.get(name), "needs_inputs", False))
 
 
+def check_compensation(name: str, blocks) -> None:
+    """Raise before any calibration when compensation `name` cannot run on one of `blocks` (its `check`)."""
+    check = getattr(COMPENSATIONS.get(name), "check", None)
+    for block in blocks if check is not None else ():
+        check(block)
+
+
 @COMPENSATIONS.register("none")
 def no_compensation(block, kept, context=None) -> None:
     """Leave the kept experts as they are."""
@@ -69,17 +76,21 @@ def merge_compensation(block, kept, context=None) -> None:
     groups: dict[int, list[int]] = {r: [r] for r in kept}
     for e, r in target.items():
         groups[r].append(e)
-    experts = block.experts
-    for param in experts.parameters(recurse=False):
-        if param is None or param.dim() == 0 or param.shape[0] != num:
-            continue
-        data = param.data
+    # Per expert, the tensors of each kind: rows of a fused [E, ...] tensor, or the same-named tensor of every
+    # per-expert module (Switch Transformers' `expert_{i}.wi.weight`).
+    kinds: dict[str, list[torch.Tensor]] = {}
+    for name, param, expert in block.expert_weights():
+        if expert is None:
+            kinds[f"fused.{id(param)}"] = list(param.data.unbind(0))
+        else:
+            kinds.setdefault(name, [None] * num)[expert] = param.data
+    for tensors in kinds.values():
         for r, members in groups.items():
             if len(members) == 1:
                 continue
-            w = usage[members].to(data.device, torch.float32)
-            w = (w / w.sum()).view(-1, *([1] * (data.dim() - 1)))
-            data[r] = (data[members].float() * w).sum(0).to(data.dtype)
+            w = usage[members].to(tensors[r].device, torch.float32)
+            merged = sum(tensors[m].float() * (w[i] / w.sum()) for i, m in enumerate(members))
+            tensors[r].copy_(merged.to(tensors[r].dtype))
 
 
 def _routed(block, hidden: torch.Tensor, kept: list[int] | None):
@@ -93,6 +104,7 @@ def _routed(block, hidden: torch.Tensor, kept: list[int] | None):
         h = args[0]
         idx = args[1] if len(args) > 1 else kwargs["top_k_index"]
         w = args[2] if len(args) > 2 else kwargs["top_k_weights"]
+        idx, w = block.to_top_k(idx, w)
         captured.update(h=h.detach(), idx=idx.detach(), w=w.detach(), out=output.detach())
 
     handle = block.experts.register_forward_hook(hook, with_kwargs=True)
@@ -138,9 +150,8 @@ def fisher_compensation(block, kept, context=None) -> None:
     """
     if context is None or context.inputs is None or len(kept) == block.num_experts:
         return
+    _check_fused(block)
     experts = block.experts
-    if not all(hasattr(experts, n) for n in ("gate_up_proj", "down_proj", "act_fn")):
-        raise ValueError(f"fisher compensation needs fused gate_up_proj/down_proj experts; {block.name} has none.")
     steps = int(context.options.get("steps", 3))
     damping = float(context.options.get("damping", 1e-2))
     inputs = context.inputs.to(experts.down_proj.device, experts.down_proj.dtype)
@@ -173,7 +184,16 @@ def fisher_compensation(block, kept, context=None) -> None:
         residual -= scale * update
 
 
+def _check_fused(block) -> None:
+    if not all(hasattr(block.experts, n) for n in ("gate_up_proj", "down_proj", "act_fn")):
+        raise ValueError(
+            f"fisher compensation needs fused gate_up_proj/down_proj experts; {block.name} "
+            f"({block.adapter.model_type}) has none. Use compensation='none' or 'merge'."
+        )
+
+
 fisher_compensation.needs_inputs = True
+fisher_compensation.check = _check_fused
 
 
 class BlockInputRecorder:

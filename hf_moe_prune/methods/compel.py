@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..patching import wrap_forward
+from ..patching import wrap_experts
 from .base import register_method
 
 
@@ -43,20 +43,19 @@ def _patch_soft_path(block):
 
         return forward
 
-    return wrap_forward(block.experts, make)
+    return wrap_experts(block, make)
 
 
 def compel_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, torch.Tensor]:
     """Empirical Fisher of every routed expert's parameters (see the module docstring)."""
-    from ..calibration.runner import model_device
+    from ..calibration.runner import model_device, model_inputs
 
     options = config.method_kwargs
     router_path = bool(options.get("router_path", True))
     saved = {p: p.requires_grad for p in model.parameters()}
-    expert_params = {
-        b.name: [p for p in b.experts.parameters(recurse=False) if p.shape[:1] == (b.num_experts,)] for b in blocks
-    }
-    if any(p.device.type == "meta" for params in expert_params.values() for p in params):
+    # (parameter, expert): a fused [E, ...] tensor (expert None), or a tensor of one per-expert module (Switch)
+    expert_params = {b.name: [(p, e) for _, p, e in b.expert_weights()] for b in blocks}
+    if any(p.device.type == "meta" for params in expert_params.values() for p, _ in params):
         raise ValueError(
             "compel needs gradients on the expert weights, which accelerate offloads (device_map with 'disk' or CPU "
             "offload) and brings in only during each forward. Load the model on devices that hold it, or use a "
@@ -70,7 +69,7 @@ def compel_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, 
         for p in model.parameters():
             p.requires_grad_(False)
         for params in expert_params.values():
-            for p in params:
+            for p, _ in params:
                 p.requires_grad_(True)
         if router_path:
             for b in blocks:
@@ -80,12 +79,16 @@ def compel_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, 
         batches = range(0, len(rows), config.batch_size)
         for start in tqdm(batches, desc="compel fisher", unit="batch", disable=not progress):
             ids = rows[start : start + config.batch_size].to(device)
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss = model(**model_inputs(model, ids), labels=ids, use_cache=False).loss
             loss.backward()
             for name, params in expert_params.items():
-                for p in params:
+                for p, expert in params:
                     if p.grad is not None:
-                        fisher[name] += p.grad.detach().double().pow(2).flatten(1).sum(1).cpu()
+                        squares = p.grad.detach().double().pow(2)
+                        if expert is None:
+                            fisher[name] += squares.flatten(1).sum(1).cpu()
+                        else:
+                            fisher[name][expert] += squares.sum().cpu()
                         p.grad = None
     finally:
         for restore in patched:

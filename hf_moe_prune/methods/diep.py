@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..patching import wrap_forward
+from ..patching import wrap_experts
 from .base import register_method
 
 
 def diep_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, torch.Tensor]:
-    from ..calibration.runner import model_device
+    from ..calibration.runner import model_device, model_inputs
     from ..reshape import _MaskRouterLogits
 
     opts = config.method_kwargs
@@ -59,7 +59,7 @@ def diep_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, to
 
             return forward
 
-        restores.append(wrap_forward(block.experts, make))
+        restores.append(wrap_experts(block, make))
 
     best, best_scores, since = float("inf"), None, 0
     was_training = model.training
@@ -76,12 +76,12 @@ def diep_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, to
             ids = rows[batches[step % len(batches)] : batches[step % len(batches)] + config.batch_size].to(device)
             masks_now[:] = [torch.ones(b.num_experts, device=device) for b in blocks]
             with torch.no_grad():
-                teacher = F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
+                teacher = F.log_softmax(model(**model_inputs(model, ids), use_cache=False).logits.float(), dim=-1)
             masks = [torch.sigmoid(a + beta[i]) for i, a in enumerate(alpha)]
             masks_now[:] = masks
             log_masks = {id(b.router_weight): torch.log(m.clamp(min=1e-6)) for b, m in zip(blocks, masks, strict=True)}
             with _MaskRouterLogits(log_masks):
-                student = F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
+                student = F.log_softmax(model(**model_inputs(model, ids), use_cache=False).logits.float(), dim=-1)
             kl = F.kl_div(student.flatten(0, 1), teacher.flatten(0, 1), log_target=True, reduction="batchmean")
             flat = torch.cat(masks)
             loss = kl + budget_w * (flat.mean() - keep) ** 2 + binary_w * (flat * (1 - flat)).mean()

@@ -11,6 +11,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
+    AutoModelForSeq2SeqLM,
     PreTrainedTokenizerFast,
 )
 
@@ -43,7 +44,7 @@ def tiny_config(model_type: str, **overrides):
 
 def tiny_model(model_type: str, seed: int = 0, router_scale: float = 20.0, **overrides) -> torch.nn.Module:
     """A tiny random model of `model_type` (`*ForCausalLM` when the family has one, the multimodal parent's
-    `*ForConditionalGeneration` for `PARENTS` families) in eval mode.
+    `*ForConditionalGeneration` for `PARENTS` families, the seq2seq LM of encoder-decoder families) in eval mode.
 
     Router weights are scaled up by `router_scale` so that routing is decisive (as in trained models) instead of the
     near-uniform routing of a 0.02-std random init, which would make every expert look alike.
@@ -54,6 +55,8 @@ def tiny_model(model_type: str, seed: int = 0, router_scale: float = 20.0, **ove
     config = tiny_config(model_type, **overrides)
     if model_type in PARENTS:
         model = AutoModelForImageTextToText.from_config(config)
+    elif config.is_encoder_decoder:
+        model = AutoModelForSeq2SeqLM.from_config(config)
     else:
         try:
             model = AutoModelForCausalLM.from_config(config)

@@ -53,6 +53,19 @@ COMMON: dict[str, Any] = {
 _DENSE_FIRST = ("first_k_dense_replace", "moe_layer_start_index")
 
 FAMILY_OVERRIDES: dict[str, dict[str, Any]] = {
+    "jetmoe": {"kv_channels": 8, "intermediate_size": 16},
+    "switch_transformers": {  # an encoder and a decoder of 2 layers each, every feed-forward layer sparse
+        "d_model": 32,
+        "d_ff": 16,
+        "d_kv": 8,
+        "num_heads": 4,
+        "num_layers": 2,
+        "num_decoder_layers": 2,
+        "num_sparse_encoder_layers": 2,
+        "num_sparse_decoder_layers": 2,
+        "router_jitter_noise": 0.0,
+        "decoder_start_token_id": 0,
+    },
     "qwen3_moe": {"norm_topk_prob": True, "intermediate_size": 16},
     "qwen2_moe": {"shared_expert_intermediate_size": 24, "norm_topk_prob": False, "intermediate_size": 16},
     "olmoe": {"norm_topk_prob": False, "intermediate_size": 16},
@@ -206,6 +219,10 @@ def tiny_kwargs(model_type: str) -> dict[str, Any]:
 
 
 def tiny_top_k(model_type: str) -> int:
-    """The top-k of `model_type`'s tiny model: `TOP_K`, unless its config accepts only another (ZaYA: top-1)."""
+    """The top-k of `model_type`'s tiny model: `TOP_K`, unless its config accepts only another (ZaYA: top-1) or
+    the family routes to a fixed number of experts (Switch Transformers: top-1)."""
+    from ..adapters import ADAPTERS
+
     overrides = FAMILY_OVERRIDES.get(model_type, {})
-    return next((overrides[k] for k in TOP_K_KEYS if k in overrides), TOP_K)
+    fixed = ADAPTERS.get(model_type).top_k if model_type in ADAPTERS else 0
+    return fixed or next((overrides[k] for k in TOP_K_KEYS if k in overrides), TOP_K)
