@@ -294,7 +294,8 @@ def _agreement(model, blocks, scores, counts, rows, teacher) -> float:
     total = 0.0
     with mask_experts(blocks, kept):
         for batch, reference in zip(rows, teacher, strict=True):
-            probs = torch.softmax(model(**model_inputs(model, batch.to(device)), use_cache=False).logits.float(), dim=-1)
+            logits = model(**model_inputs(model, batch.to(device)), use_cache=False).logits
+            probs = torch.softmax(logits.float(), dim=-1)
             total += float(torch.minimum(probs, reference.to(probs.device)).sum(-1).mean())
     return total / len(teacher)
 

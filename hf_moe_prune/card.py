@@ -119,13 +119,13 @@ def attach_quality(model, before, after=None) -> str:
     return model.moe_pruning_quality
 
 
-def _usage(repo: str, uniform: bool, remote_code: bool) -> str:
-    lines = ["from transformers import AutoModelForCausalLM, AutoTokenizer", ""]
+def _usage(repo: str, uniform: bool, remote_code: bool, auto_class: str = "AutoModelForCausalLM") -> str:
+    lines = [f"from transformers import {auto_class}, AutoTokenizer", ""]
     if not uniform and not remote_code:
         lines.insert(0, "import hf_moe_prune  # registers the loader of per-layer expert counts")
     extra = ", trust_remote_code=True" if remote_code and not uniform else ""
     lines += [
-        f'model = AutoModelForCausalLM.from_pretrained("{repo}"{extra})',
+        f'model = {auto_class}.from_pretrained("{repo}"{extra})',
         f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
     ]
     return "\n".join(lines)
@@ -172,11 +172,12 @@ def render_model_card(
     base = hub_base_model(plan.base_model)
     uniform = plan.is_uniform
     remote_code = remote_code and not uniform
+    seq2seq = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))  # Switch Transformers
     method_tags = ["moe", "pruning", "expert-pruning", "hf_moe_prune", plan.method]
     data = ModelCardData(
         base_model=base,
         library_name="transformers",
-        pipeline_tag="text-generation",
+        pipeline_tag="text2text-generation" if seq2seq else "text-generation",
         tags=list(dict.fromkeys([*method_tags, *(tags or [])])),
         **base_license(plan.base_model),
     )
@@ -185,7 +186,7 @@ def render_model_card(
     counts = [b.num_kept for b in plan.blocks]
     summary = (
         f"{experts_before - experts_after} of {experts_before} routed experts removed "
-        f"({'every MoE layer keeps ' + str(counts[0]) if uniform else 'per-layer counts ' + str(counts)})."
+        f"({'every MoE layer keeps ' + str(counts[0]) if len(set(counts)) == 1 else 'per-layer counts ' + str(counts)})."
     )
     neurons = _neuron_shares(plan)
     if neurons:
@@ -226,7 +227,12 @@ def render_model_card(
         reference=reference or "see hf_moe_prune",
         ratio="—" if plan.ratio is None else f"{plan.ratio:g}",
         summary=summary,
-        usage=_usage(repo_id or "path/to/this/folder", uniform, remote_code),
+        usage=_usage(
+            repo_id or "path/to/this/folder",
+            uniform,
+            remote_code,
+            "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM",
+        ),
         experts_before=experts_before,
         experts_after=experts_after,
         params_before=_count(params.get("before")),

@@ -157,7 +157,8 @@ def prune_config(args: argparse.Namespace):
 
 
 def load_model(path: str, args: argparse.Namespace, **kwargs):
-    """`AutoModelForCausalLM.from_pretrained(path)` with `--dtype` and `--device-map` applied.
+    """`AutoModelForCausalLM.from_pretrained(path)` (`AutoModelForSeq2SeqLM` for encoder-decoder models) with
+    `--dtype` and `--device-map` applied.
 
     Args:
         path (`str`): Model folder or Hub id.
@@ -165,14 +166,15 @@ def load_model(path: str, args: argparse.Namespace, **kwargs):
         kwargs: More `from_pretrained` arguments (e.g. `pruning_config`).
     """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     dtypes = {"auto": "auto", "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if getattr(args, "dtype", None):
         kwargs["dtype"] = dtypes[args.dtype]
     if getattr(args, "device_map", None):
         kwargs["device_map"] = args.device_map
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    seq2seq = getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False)  # Switch Transformers
+    return (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(path, **kwargs)
 
 
 def push_function():

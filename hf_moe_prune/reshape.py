@@ -15,7 +15,6 @@ from transformers import PreTrainedModel
 from .adapters import MoEAdapter, MoEBlock, per_expert_modules, text_config
 
 
-
 def _owner(block: MoEBlock, path: str) -> tuple[nn.Module, str] | None:
     """The module holding the tensor at block-relative `path`, and its attribute name (None when absent)."""
     module_path, _, name = path.rpartition(".")

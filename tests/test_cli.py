@@ -249,3 +249,21 @@ def test_prune_streaming_from_the_command_line(tmp_path):
     assert report["kept_experts_per_layer"] == {str(i): 8 for i in range(4)}
     plan = json.loads((output / "moe_pruning_plan.json").read_text())
     assert plan["calibration"]["streaming"]["propagation"] == "dense"
+
+
+def test_prune_an_encoder_decoder_model_from_the_command_line(tmp_path):
+    """Switch Transformers loads as a seq2seq LM; both stacks are calibrated and evaluated."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from hf_moe_prune.testing import SAMPLE_TEXT, save_tiny_model
+
+    model = save_tiny_model("switch_transformers", tmp_path / "switch", router_scale=4.0)
+    (tmp_path / "text.txt").write_text(SAMPLE_TEXT * 8)
+    output = tmp_path / "pruned"
+    data = ["--calibration", tmp_path / "text.txt", "--eval-data", tmp_path / "text.txt", "--seq-len", "32"]
+    args = ["prune", model, "--method", "reap", "--ratio", "0.5", *data, "--num-samples", "4", "--output", output]
+    report = json.loads(ok(*args, "--json", "--quiet").stdout)
+    assert report["kept_experts_per_layer"] == {str(i): 4 for i in range(4)}  # encoder 0-1, decoder 2-3
+    assert report["quality"]["after"]["overall"]["kl"] > 0
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(output)
+    assert sum(p.numel() for p in reloaded.parameters()) == report["parameters"]["after"]

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_moe_prune
@@ -71,3 +72,34 @@ def test_adaptive_methods_prune_to_exact_budget(fixture, kwargs):
     assert all(b.num_kept >= 2 for b in plan.blocks)
     ids = torch.randint(0, 100, (1, 16))
     assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+@pytest.mark.parametrize("family", ["switch_transformers", "jetmoe"])
+def test_merge_folds_experts_kept_in_modules_or_split_over_modules(family):
+    """Switch keeps one module per expert, JetMoE splits each expert over two modules: merge averages all of it."""
+    from hf_moe_prune.testing import tiny_model
+
+    block = find_blocks(tiny_model(family))[0]
+    before = [(name, p.detach().clone(), e) for name, p, e in block.expert_weights()]
+    # two fused [E, ...] tensors (JetMoE), or wi/wo of each of the 8 expert modules (Switch)
+    assert len(before) == (2 if family == "jetmoe" else 16)
+    usage = torch.arange(1.0, 9.0, dtype=torch.float64)
+    context = CompensationContext(stats={"gate_sum": usage})
+    kept = [0, 1, 2, 3]
+    router = F.normalize(block.router_weight.detach().float(), dim=-1)
+    target = {e: kept[int((router[e] @ router[kept].T).argmax())] for e in range(4, 8)}
+    assert set(target.values()) != {0}  # the test is only as good as the merges it sees
+    COMPENSATIONS.get("merge")(block, kept, context)
+    after = [p for _, p, _ in block.expert_weights()]
+
+    def original(i, m):  # expert m's original tensor of the same kind as entry i
+        name, old, e = before[i]
+        return old[m] if e is None else next(o for n, o, x in before if n == name and x == m)
+
+    for i, (_, _, e) in enumerate(before):
+        for r in kept if e is None else [e] if e in kept else []:
+            members = [r, *(d for d, t in target.items() if t == r)]
+            w = usage[members] / usage[members].sum()
+            expected = sum(original(i, m).double() * w[j] for j, m in enumerate(members)).float()
+            got = after[i][r] if e is None else after[i]
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

@@ -2,6 +2,7 @@
 the router, save → reload identical, generate."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -130,3 +131,59 @@ def test_hash_routed_layers_keep_all_their_experts():
     plan = hf_moe_prune.prune(pruned, config, progress=False)
     assert [b.num_kept for b in plan.blocks] == [8, 6, 6] and plan.blocks[0].neurons  # narrowed, none dropped
     torch.testing.assert_close(find_blocks(pruned)[0].router.tid2eid, table, rtol=0, atol=0)
+
+
+def test_jetmoe_prunes_mlp_experts_and_leaves_attention_experts(tmp_path):
+    """JetMoE's `num_local_experts` also sizes its mixture-of-attention experts: the config keeps it, the pruned
+    checkpoint carries per-layer counts in `quantization_config`, and reloading shrinks only the MLP experts."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model("jetmoe", router_scale=4.0)
+    plan = hf_moe_prune.prune(model, MoEPruneConfig("reap", 0.5, calibration=ROWS), progress=False)
+    assert not plan.is_uniform  # no stock config can say "4 MLP experts, 8 attention experts"
+    assert model.config.num_local_experts == 8 and model.config.quantization_config.experts_per_layer == {
+        "model.layers.0.mlp": 4,
+        "model.layers.1.mlp": 4,
+    }
+    model.save_pretrained(tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    for layer in reloaded.model.layers:
+        assert layer.mlp.input_linear.weight.shape[0] == layer.mlp.output_linear.num_experts == 4
+        assert layer.mlp.router.num_experts == 4
+        assert layer.self_attention.experts.input_linear.weight.shape[0] == 8  # attention experts untouched
+    torch.testing.assert_close(_logits(reloaded), _logits(model), rtol=0, atol=1e-5)
+
+
+def test_switch_transformers_prunes_encoder_and_decoder_layers(tmp_path, tokenizer):
+    from transformers import AutoModelForSeq2SeqLM
+
+    from hf_moe_prune.evaluation import evaluate
+    from hf_moe_prune.testing import SAMPLE_TEXT
+
+    model = tiny_model("switch_transformers", router_scale=4.0)
+    assert [(b.name.split(".")[0], b.layer_idx) for b in find_blocks(model)] == [
+        ("encoder", 0),
+        ("encoder", 1),
+        ("decoder", 2),
+        ("decoder", 3),
+    ]
+    reference = copy.deepcopy(model)
+    plan = hf_moe_prune.prune(model, MoEPruneConfig("reap", 0.5, calibration=ROWS), progress=False)
+    assert plan.is_uniform and model.config.num_experts == 4
+    assert all(list(b.experts.keys()) == [f"expert_{i}" for i in range(4)] for b in find_blocks(model))
+    # the decoder reconstructs its input: perplexity is exp(the model's own seq2seq loss), KL 0 against itself
+    texts = [SAMPLE_TEXT] * 4
+    result = evaluate(model, tokenizer, texts, reference=model, seq_len=24, max_rows=2, progress=False)
+    rows = hf_moe_prune.calibration.calibration_rows(texts, tokenizer, 2, 24)
+    with torch.no_grad():
+        loss = model(input_ids=rows, labels=rows).loss.item()
+    assert result.overall.perplexity == pytest.approx(math.exp(loss), rel=1e-4)
+    assert result.overall.kl == pytest.approx(0.0, abs=1e-6)
+    assert (
+        evaluate(model, tokenizer, texts, reference=reference, seq_len=24, max_rows=2, progress=False).overall.kl > 0
+    )
+    model.save_pretrained(tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "AutoModelForSeq2SeqLM" in card and "text2text-generation" in card
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out")
+    torch.testing.assert_close(_logits(reloaded), _logits(model), rtol=0, atol=1e-5)

@@ -171,3 +171,74 @@ def test_trailing_router_picks_are_no_expert_usage(family):
     real = picks[picks < 8]
     assert 0 < real.numel() < picks.numel()  # both routed and trailing picks happen
     torch.testing.assert_close(observer.stats["count"], torch.bincount(real, minlength=8).double())
+
+
+def _observe(block, x, names):
+    observer = ExpertObserver(block, frozenset(names))
+    observer.attach()
+    try:
+        with torch.no_grad():
+            observed = block.module(x)
+    finally:
+        observer.detach()
+    with torch.no_grad():
+        plain = block.module(x)
+    torch.testing.assert_close(observed, plain, rtol=1e-5, atol=1e-6)  # observing changes nothing
+    return observer.stats
+
+
+@pytest.mark.parametrize("outputs", [True, False])
+def test_jetmoe_sorted_dispatch_statistics(outputs):
+    """JetMoE's router sorts the (token, slot) rows by expert and its experts live in two modules: the statistics
+    must pair each row with its expert, its softmax-over-top-k gate and its ungated output."""
+    model = tiny_model("jetmoe", router_scale=4.0)
+    block = find_blocks(model)[0]
+    x = torch.randn(1, 12, 32, generator=torch.Generator().manual_seed(0))
+    names = EXPERT_STATISTICS if outputs else ("count", "gate_sum")
+    stats = _observe(block, x, names)
+    expected = {n: torch.zeros(8, dtype=torch.float64) for n in EXPERT_STATISTICS}
+    with torch.no_grad():
+        logits = block.router.layer(x[0])
+        top, index = logits.topk(2, dim=-1)
+        gates = top.softmax(-1)
+        for t in range(12):
+            for g, j in zip(gates[t].tolist(), index[t].tolist(), strict=True):
+                gate, up = F.linear(x[0, t], block.module.input_linear.weight[j]).chunk(2, dim=-1)
+                norm = F.linear(F.silu(gate) * up, block.module.output_linear.weight[j]).norm().item()
+                expected["count"][j] += 1
+                expected["gate_sum"][j] += g
+                expected["norm_sum"][j] += norm
+                expected["gate_norm_sum"][j] += g * norm
+    assert stats.tokens == 12
+    for name in names:
+        torch.testing.assert_close(stats[name], expected[name], rtol=1e-5, atol=1e-6)
+    assert not block.router._forward_hooks and not block.module.output_linear._forward_hooks
+
+
+def test_switch_dispatch_mask_statistics_skip_tokens_over_capacity():
+    """Switch Transformers calls its experts with a one-hot dispatch mask; a token over its expert's capacity gets no
+    expert and must count as no one's use."""
+    model = tiny_model("switch_transformers", router_scale=4.0)
+    block = find_blocks(model)[0]
+    block.router.expert_capacity = 2
+    x = torch.randn(1, 24, 32, generator=torch.Generator().manual_seed(0))
+    stats = _observe(block, x, EXPERT_STATISTICS)
+    expected = {n: torch.zeros(8, dtype=torch.float64) for n in EXPERT_STATISTICS}
+    with torch.no_grad():
+        probs = block.router.classifier(x[0]).softmax(-1)
+        taken = [0] * 8
+        for t in range(24):
+            j = int(probs[t].argmax())
+            taken[j] += 1
+            if taken[j] > 2:  # over capacity: the token skips the layer
+                continue
+            g = float(probs[t, j])
+            norm = block.experts[f"expert_{j}"](x[0, t]).norm().item()
+            expected["count"][j] += 1
+            expected["gate_sum"][j] += g
+            expected["norm_sum"][j] += norm
+            expected["gate_norm_sum"][j] += g * norm
+    assert sum(taken) > expected["count"].sum() > 0  # some tokens overflowed, some were routed
+    for name in EXPERT_STATISTICS:
+        torch.testing.assert_close(stats[name], expected[name], rtol=1e-5, atol=1e-6)
+    assert "forward" not in vars(block.experts)

@@ -103,6 +103,17 @@ def test_streaming_refuses_layers_that_carry_state(tmp_path):
         stream_prune(str(path), MoEPruneConfig("reap", 0.5, calibration=rows), progress=False)
 
 
+@pytest.mark.parametrize(
+    ("family", "message"),
+    [("jetmoe", "split over several modules"), ("switch_transformers", "is an encoder-decoder model")],
+)
+def test_streaming_refuses_layouts_it_cannot_stream(tmp_path, family, message):
+    path = save_tiny_model(family, tmp_path / family)
+    rows = torch.randint(1, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=message):
+        stream_prune(str(path), MoEPruneConfig("reap", 0.5, calibration=rows), progress=False)
+
+
 def test_streaming_needs_safetensors(tmp_path):
     (tmp_path / "config.json").write_text((Path(fixture_path("qwen3_moe")) / "config.json").read_text())
     with pytest.raises(ValueError, match="no .safetensors files"):
