@@ -233,15 +233,18 @@ def learned_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
 
 def input_weights(block) -> torch.Tensor:
     """The weights through which the experts read the block input, as `[E, rows, hidden]`: the fused gate/up (or up)
-    projection, transposed back where the family stores it `[E, hidden, rows]` (GPT-OSS), or the first linear of every
-    per-expert module stacked (Switch Transformers' `wi`)."""
-    hidden = block.router_weight.shape[1]
-    fused = [p for _, p, e in block.expert_weights() if e is None and p.dim() == 3]
-    for p in fused:
-        if getattr(block.experts, "is_transposed", False) and p.shape[1] == hidden:
-            return p.transpose(1, 2)
-        if p.shape[2] == hidden:
-            return p
+    projection, transposed back where the family stores it `[E, hidden, rows]` (GPT-OSS, Llama 4), the flattened
+    first linear of DBRX, or the first linear of every per-expert module stacked (Switch Transformers' `wi`)."""
+    hidden, num = block.router_weight.shape[1], block.num_experts
+    experts = block.experts
+    for _, p, e in block.expert_weights():
+        if e is None and p.dim() == 3 and hidden in p.shape[1:]:
+            transposed = getattr(experts, "is_transposed", None)
+            if transposed is None:  # not described: Llama 4's bmm layout, or whichever axis is the hidden one
+                transposed = block.adapter.routing == "dense_scaled_input" or p.shape[2] != hidden
+            return p.transpose(1, 2) if transposed else p
+    for path in block.adapter.flat_expert_tensors:
+        return experts.get_parameter(path).view(num, -1, hidden)
     per_expert: dict[str, list[torch.Tensor]] = {}
     for name, p, e in block.expert_weights():
         if e is not None and p.dim() == 2 and p.shape[1] == hidden:

@@ -184,9 +184,8 @@ def render_model_card(
     experts_before = sum(b.num_experts for b in plan.blocks)
     experts_after = sum(b.num_kept for b in plan.blocks)
     counts = [b.num_kept for b in plan.blocks]
-    summary = (
-        f"{experts_before - experts_after} of {experts_before} routed experts removed "
-        f"({'every MoE layer keeps ' + str(counts[0]) if len(set(counts)) == 1 else 'per-layer counts ' + str(counts)})."
+    summary = f"{experts_before - experts_after} of {experts_before} routed experts removed " + (
+        f"(every MoE layer keeps {counts[0]})." if len(set(counts)) == 1 else f"(per-layer counts {counts})."
     )
     neurons = _neuron_shares(plan)
     if neurons:

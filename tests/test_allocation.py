@@ -6,6 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import hf_moe_prune
+from hf_moe_prune import find_blocks
 from hf_moe_prune.allocation import ALLOCATIONS, fit_budget, layer_floor, total_budget
 from hf_moe_prune.config import MoEPruneConfig
 
@@ -13,7 +15,17 @@ from hf_moe_prune.config import MoEPruneConfig
 def fake_block(name, num=16, top_k=2, groups=(1, 1), seed=0):
     g = torch.Generator().manual_seed(seed)
     experts = SimpleNamespace(gate_up_proj=torch.randn(num, 8, 12, generator=g) * (1 + seed))
-    return SimpleNamespace(name=name, num_experts=num, top_k=top_k, groups=groups, experts=experts, layer_idx=seed)
+    return SimpleNamespace(
+        name=name,
+        num_experts=num,
+        top_k=top_k,
+        groups=groups,
+        experts=experts,
+        layer_idx=seed,
+        router_weight=torch.zeros(num, 12),  # [E, hidden]: what the outlier metric reads the hidden size from
+        expert_weights=lambda: [("gate_up_proj", experts.gate_up_proj, None)],
+        adapter=SimpleNamespace(routing="experts_call", flat_expert_tensors=()),
+    )
 
 
 def skewed_scores(blocks):
@@ -110,3 +122,31 @@ def test_evolutionary_allocation_keeps_the_budget_and_never_loses_to_its_start()
         model, MoEPruneConfig("reap", 0.5, allocation="evolutionary", calibration=rows), progress=False
     )
     assert sum(b.num_kept for b in plan.blocks) == 16 and all(b.num_kept >= 2 for b in plan.blocks)
+
+
+@pytest.mark.parametrize(
+    ("family", "rows"),
+    [
+        ("qwen3_moe", 32),
+        ("gpt_oss", 64),
+        ("llama4_text", 64),
+        ("dbrx", 16),
+        ("jetmoe", 32),
+        ("switch_transformers", 16),
+    ],
+)
+def test_outlier_allocation_reads_every_expert_layout(family, rows):
+    """The Wanda metric needs the experts' input projection as [E, rows, hidden], whatever the family stores: fused
+    (transposed or not), DBRX's flattened rows, one module per expert, or split over modules."""
+    import copy
+
+    from hf_moe_prune.allocation import input_weights
+    from hf_moe_prune.testing import tiny_model
+
+    model = tiny_model(family, router_scale=4.0)
+    block = find_blocks(model)[0]
+    assert tuple(input_weights(block).shape) == (8, rows, 32)
+    ids = torch.randint(1, 300, (4, 24), generator=torch.Generator().manual_seed(0))
+    config = MoEPruneConfig("reap", 0.5, calibration=ids, allocation="outlier")
+    plan = hf_moe_prune.prune(copy.deepcopy(model), config, progress=False)
+    assert sum(b.num_kept for b in plan.blocks) == 4 * len(plan.blocks)
