@@ -187,3 +187,40 @@ def test_switch_transformers_prunes_encoder_and_decoder_layers(tmp_path, tokeniz
     assert "AutoModelForSeq2SeqLM" in card and "text2text-generation" in card
     reloaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out")
     torch.testing.assert_close(_logits(reloaded), _logits(model), rtol=0, atol=1e-5)
+
+
+def test_family_census_of_the_installed_transformers():
+    """`python -m hf_moe_prune.families`: every adapter is found and supported, the known exceptions carry their
+    reason; a family new in this transformers is reported (a warning here), which is how the README count stays true."""
+    import warnings
+
+    from hf_moe_prune.adapters.base import UNSUPPORTED
+    from hf_moe_prune.families import expert_families
+
+    families = expert_families()
+    assert {name for name, status in families.items() if status == "supported"} == set(ADAPTERS.names())
+    for name in set(UNSUPPORTED) & set(families):
+        assert families[name] == f"unsupported: {UNSUPPORTED[name]}"
+    assert {"qwen3_moe", "deepseek_v3", "switch_transformers", "jetmoe", "nllb-moe"} <= set(families)
+    unknown = sorted(name for name, status in families.items() if status == "unknown")
+    if unknown:
+        warnings.warn(f"MoE families without an adapter in this transformers: {unknown}", stacklevel=1)
+
+
+def test_unsupported_family_names_the_reason():
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.for_model(
+        "nllb-moe",
+        d_model=32,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=16,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_experts=8,
+        vocab_size=300,
+    )
+    with pytest.raises(ValueError, match="'nllb-moe'.*only expert_0 and expert_1 ever run"):
+        hf_moe_prune.prune(AutoModel.from_config(config), MoEPruneConfig("frequency", 0.5, calibration=ROWS))

@@ -1,71 +1,13 @@
-"""One small adapter per MoE family; importing this package registers them all."""
+"""One small adapter per MoE family; importing this package registers them all (every module in it but `base`)."""
 
-from . import (  # noqa: F401  (registration on import)
-    afmoe,
-    aria_text,
-    axk1,
-    axk2,
-    bailing_hybrid,
-    beam,
-    cohere2_moe,
-    dbrx,
-    deepseek_v2,
-    deepseek_v3,
-    deepseek_v4,
-    deepseek_v32,
-    dots1,
-    dots3_note_text,
-    ernie4_5_moe,
-    exaone_moe,
-    flex_olmo,
-    flint,
-    gemma4_text,
-    glm4_moe,
-    glm4_moe_lite,
-    glm4v_moe_text,
-    glm5_next_text,
-    glm_moe_dsa,
-    gpt_oss,
-    granitemoe,
-    granitemoe_swa,
-    granitemoehybrid,
-    granitemoeshared,
-    hunyuan_v1_moe,
-    hy_v3,
-    hy_v4,
-    inkling2_text,
-    inkling_text,
-    jamba,
-    jetmoe,
-    kimi_linear,
-    kolibri1,
-    laguna,
-    lfm2_moe,
-    llama4_text,
-    longcat_flash,
-    mellum,
-    mimo_v2_flash,
-    minimax,
-    minimax_m2,
-    minimax_m3_vl_text,
-    mistral4,
-    mistral_large4_text,
-    mixtral,
-    muse_spark_text,
-    nemotron_h,
-    olmoe,
-    openai_privacy_filter,
-    phimoe,
-    qwen2_moe,
-    qwen3_5_moe_text,
-    qwen3_moe,
-    qwen3_next,
-    qwen3_vl_moe_text,
-    solar_open,
-    step3p5,
-    switch_transformers,
-    zaya,
-)
+import importlib
+import pkgutil
+
 from .base import ADAPTERS, MoEAdapter, MoEBlock, find_blocks, get_adapter, per_expert_modules, text_config
+
+# A new family is one new file here: no list to keep in sync.
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["ADAPTERS", "MoEAdapter", "MoEBlock", "find_blocks", "get_adapter", "per_expert_modules", "text_config"]

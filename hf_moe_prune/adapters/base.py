@@ -19,6 +19,23 @@ ADAPTERS: Registry[MoEAdapter] = Registry(
 )
 
 
+# Families of transformers whose configs count experts but that hf_moe_prune does not prune, and why.
+UNSUPPORTED: dict[str, str] = {
+    "nllb-moe": (
+        "transformers' NllbMoeExperts one-hot-encodes the router's already one-hot top-1 mask, so only expert_0 and "
+        "expert_1 ever run (every token through expert_0, weighted by the other experts' probabilities): pruning "
+        "must follow the routing the model applies, and this one does not route tokens to their experts"
+    ),
+    "doge": (
+        "its CDMoE is a product-key memory of many tiny single-neuron experts retrieved per token, not routed MLP "
+        "experts; prune its neurons with a dense-model tool instead"
+    ),
+    "dots3_note_vision_encoder": (
+        "a vision encoder's MoE; hf_moe_prune prunes the text decoder of dots3_note (model_type dots3_note_text)"
+    ),
+}
+
+
 @dataclass(frozen=True)
 class MoEAdapter:
     """Where one MoE family keeps its router and routed experts, and which config keys describe them.
@@ -247,6 +264,10 @@ def get_adapter(model: nn.Module) -> MoEAdapter:
     model_type = getattr(text_config(config), "model_type", None) if config is not None else None
     if model_type in ADAPTERS:
         return ADAPTERS.get(model_type)
+    if model_type in UNSUPPORTED:
+        raise ValueError(
+            f"Model family {model_type!r} ({type(model).__name__}) is not supported: {UNSUPPORTED[model_type]}."
+        )
     looks_moe = any(hasattr(m, "experts") and (hasattr(m, "gate") or hasattr(m, "router")) for m in model.modules())
     if not looks_moe:
         raise ValueError(
