@@ -191,7 +191,7 @@ def test_switch_transformers_prunes_encoder_and_decoder_layers(tmp_path, tokeniz
 
 def test_family_census_of_the_installed_transformers():
     """`python -m hf_moe_prune.families`: every adapter is found and supported, the known exceptions carry their
-    reason; a family new in this transformers is reported (a warning here), which is how the README count stays true."""
+    reason; a family new in this transformers is reported (a warning here): how the README count stays true."""
     import warnings
 
     from hf_moe_prune.adapters.base import UNSUPPORTED
