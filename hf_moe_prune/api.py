@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ from .neurons.schedule import check_schedule
 from .offload import onloaded
 from .plan import BlockPlan, PrunePlan
 from .reshape import check_same_count, set_expert_count, slice_block
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,6 +99,20 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
     return PruneJob(config, blocks, method, rows)
 
 
+def _warn_unseen(blocks, stats) -> None:
+    """Say which blocks no calibration token reached (ERNIE-4.5-VL's vision experts under text calibration): their
+    experts are ranked without evidence."""
+    unseen = [b.name for b in blocks if b.name in stats and stats[b.name].tokens == 0]
+    if unseen:
+        logger.warning(
+            "No calibration token was routed to %d MoE block(s) (%s): their experts are ranked without evidence. "
+            "Calibrate with data that reaches them, or keep them whole with `ignore=` where the family allows "
+            "per-layer counts.",
+            len(unseen),
+            ", ".join(unseen[:4]) + (", ..." if len(unseen) > 4 else ""),
+        )
+
+
 def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePlan:
     """Calibrate, score, allocate, compensate and reshape `model` in place; return the plan."""
     config, method = job.config, job.method
@@ -115,6 +132,7 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
             progress=progress,
             recorders=(recorder,) if recorder is not None else (),
         )
+        _warn_unseen(job.blocks, stats)
     else:
         stats = {b.name: LayerStats(b.num_experts) for b in job.blocks}
     fitted = None

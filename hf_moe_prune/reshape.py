@@ -84,6 +84,10 @@ def slice_block(block: MoEBlock, kept: list[int]) -> None:
             value = getattr(module, attr, None)
             if isinstance(value, int) and not isinstance(value, bool) and value in counts:
                 setattr(module, attr, counts[value])
+    for attr in block.adapter.parent_count_attrs if block.parent is not None else ():
+        value = getattr(block.parent, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value in counts:
+            setattr(block.parent, attr, counts[value])
 
 
 def _keep_children(module: nn.Module, kept: list[int]) -> None:

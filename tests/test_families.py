@@ -224,3 +224,18 @@ def test_unsupported_family_names_the_reason():
     )
     with pytest.raises(ValueError, match="'nllb-moe'.*only expert_0 and expert_1 ever run"):
         hf_moe_prune.prune(AutoModel.from_config(config), MoEPruneConfig("frequency", 0.5, calibration=ROWS))
+
+
+def test_expert_groups_no_calibration_token_reaches_are_named(caplog):
+    """ERNIE-4.5-VL routes text and image tokens to separate expert groups; text calibration never reaches the vision
+    groups, and pruning says so instead of silently ranking them on nothing."""
+    model = tiny_model("ernie4_5_vl_moe_text", router_scale=4.0)
+    names = [b.name for b in find_blocks(model)]
+    assert sum(n.endswith("vision_moe") for n in names) == sum(n.endswith("text_moe") for n in names) == 2
+    with caplog.at_level("WARNING", logger="hf_moe_prune.api"):
+        hf_moe_prune.prune(model, MoEPruneConfig("reap", 0.5, calibration=ROWS), progress=False)
+    assert "No calibration token was routed to 2 MoE block(s)" in caplog.text and "vision_moe" in caplog.text
+    assert "text_moe" not in caplog.text
+    for block in find_blocks(model):  # both groups and the layer's router-logits width follow the kept count
+        assert block.num_experts == 4
+    assert all(layer.mlp.num_experts == 4 for layer in model.model.language_model.layers[1:])

@@ -30,6 +30,11 @@ UNSUPPORTED: dict[str, str] = {
         "its CDMoE is a product-key memory of many tiny single-neuron experts retrieved per token, not routed MLP "
         "experts; prune its neurons with a dense-model tool instead"
     ),
+    "qwen3_omni_moe_talker_text": (
+        "the Qwen3-Omni talker decodes audio codec tokens from the thinker's hidden states: in transformers 5.24 its "
+        "model runs from `inputs_embeds` only (it looks up `embed_tokens`, which it names `codec_embedding`), so "
+        "calibration with token ids cannot reach it; the thinker's text decoder (qwen3_omni_moe_text) is supported"
+    ),
     "dots3_note_vision_encoder": (
         "a vision encoder's MoE; hf_moe_prune prunes the text decoder of dots3_note (model_type dots3_note_text)"
     ),
@@ -72,6 +77,9 @@ class MoEAdapter:
         more_experts (`tuple[str]`): Further block attributes holding routed-expert weights, expert dimension first,
             beside `experts` (JetMoE's `output_linear`, next to `input_linear`): sliced, counted and merged with it.
         top_k (`int`): The number of experts per token when the family's config has no key for it (Switch: 1).
+        parent_count_attrs (`tuple[str]`): Int attributes of the module holding the block that hold E, set to the
+            kept count by slicing (ERNIE-4.5-VL's outer `Ernie4_5_VLMoeMoeBlock.num_experts`, the width of the
+            router-logits buffer its text and vision expert groups share).
         standalone (`bool`): The block runs alone on hidden states (`block(h)`); False when the block is a whole
             decoder layer (Gemma-4), which needs position embeddings: compensation that re-runs blocks is refused.
         trailing_rows (`int | str`): How many non-routed classes follow the E routed experts in the router's logits
@@ -115,6 +123,7 @@ class MoEAdapter:
     dispatch_mask: bool = False
     more_experts: tuple[str, ...] = ()
     top_k: int = 0
+    parent_count_attrs: tuple[str, ...] = ()
 
     def expert_tensors(self) -> list[tuple[str, int]]:
         """Block-relative paths and expert dimensions of every router/extra tensor that carries an expert axis."""
@@ -135,6 +144,7 @@ class MoEBlock:
     layer_idx: int
     module: nn.Module
     adapter: MoEAdapter
+    parent: nn.Module | None = None  # the module holding the block, when the adapter has `parent_count_attrs`
 
     @property
     def router(self) -> nn.Module:
@@ -318,7 +328,8 @@ def find_blocks(model: nn.Module, adapter: MoEAdapter | None = None) -> list[MoE
     for name, module in found:
         match = _LAYER_RE.search("." + name)
         layer = starts.get(name[: max(0, match.start() - 1)], 0) + int(match.group(1)) if match else len(blocks)
-        blocks.append(MoEBlock(name, layer, module, adapter))
+        parent = model.get_submodule(name.rpartition(".")[0]) if adapter.parent_count_attrs else None
+        blocks.append(MoEBlock(name, layer, module, adapter, parent))
     if not blocks:
         raise ValueError(
             f"{type(model).__name__} has no MoE layers ({adapter.block_class} not found): every layer is dense, so "

@@ -159,6 +159,47 @@ FAMILY_OVERRIDES: dict[str, dict[str, Any]] = {
         "hc_mult": 2,
         "hc_sinkhorn_iters": 3,
     },
+    # DeepSeek-OCR-2 / Unlimited-OCR: DeepSeek-V2 MoE without latent attention, dense layers from `mlp_layer_types`
+    "deepseek_ocr2_text": {"num_hidden_layers": 3, "mlp_layer_types": ["dense", "sparse", "sparse"]},
+    "unlimited_ocr_text": {
+        "num_hidden_layers": 3,
+        "mlp_layer_types": ["dense", "sparse", "sparse"],
+        "layer_types": ["reference_sliding_attention"] * 3,
+        "sliding_window": 8,
+    },
+    # Hy4-VL's text decoder: a dense first layer, MLA with an indexer; mrope over the 8 rotary dims (4 frequencies)
+    "hy_v4_vl_text": {
+        "num_hidden_layers": 3,
+        "mlp_layer_types": ["dense", "sparse", "sparse"],
+        "layer_types": ["indexed_attention"] * 3,
+        "index_topk": 16,
+        "index_head_dim": 8,
+        "index_n_heads": 2,
+        "hc_mult": 2,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
+    },
+    # Qwen4-Exp: a GatedDeltaNet layer, then an indexed-attention layer; 2 hyper-connection streams, no PLE
+    "qwen4_exp_text": {
+        "linear_key_head_dim": 8,
+        "linear_value_head_dim": 8,
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4,
+        "hc_count": 2,
+        "hc_lowrank": 8,
+        "indexer_n_heads": 2,
+        "indexer_kv_heads": 1,
+        "indexer_head_dim": 8,
+        "indexer_budget": 8,
+        "indexer_compress_ratio": 4,
+    },
+    # ERNIE-4.5-VL: text and vision expert groups of different widths, a dense first layer
+    "ernie4_5_vl_moe_text": {
+        "num_hidden_layers": 3,
+        "mlp_layer_types": ["dense", "sparse", "sparse"],
+        "moe_intermediate_size": [16, 8],
+        "moe_num_shared_experts": 1,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+    },
     "step3p5": {  # Step-3.7-Flash's text decoder: dense first layers, sliding/full attention
         "num_hidden_layers": 3,
         "mlp_layer_types": ["dense", "sparse", "sparse"],
@@ -169,7 +210,107 @@ FAMILY_OVERRIDES: dict[str, dict[str, Any]] = {
 
 # Text decoders whose `model_type` has no config registered on its own (only as the `text_config` of a multimodal
 # model): the tiny model is the parent with a tiny text config and these tiny sub-configs.
+# SAM-style vision towers of the two OCR families: one windowed layer, tiny convolutional neck and downsampler.
+_TINY_SAM = {
+    "hidden_size": 16,
+    "output_channels": 16,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "image_size": 64,
+    "patch_size": 16,
+    "window_size": 2,
+    "global_attn_indexes": [0],
+    "mlp_dim": 32,
+    "downsample_channels": [16, 32],
+}
+
 PARENTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "deepseek_ocr2_text": (
+        "deepseek_ocr2",
+        {
+            "vision_config": {
+                "sam_config": _TINY_SAM,
+                "encoder_config": {
+                    "vocab_size": 16,
+                    "hidden_size": 32,
+                    "intermediate_size": 32,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 2,
+                    "num_key_value_heads": 2,
+                    "max_position_embeddings": 64,
+                },
+            }
+        },
+    ),
+    "unlimited_ocr_text": (
+        "unlimited_ocr",
+        {
+            "vision_config": {
+                "sam_config": _TINY_SAM,
+                "encoder_config": {
+                    "hidden_size": 32,
+                    "intermediate_size": 32,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 2,
+                    "image_size": 28,
+                    "patch_size": 14,
+                },
+            }
+        },
+    ),
+    "hy_v4_vl_text": (
+        "hy_v4_vl",
+        {
+            "vision_config": {
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "out_hidden_size": 32,
+                "patch_size": 14,
+                "max_image_size": 56,
+            }
+        },
+    ),
+    "ernie4_5_vl_moe_text": (
+        "ernie4_5_vl_moe",
+        {
+            "vision_config": {
+                "depth": 1,
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_heads": 2,
+                "patch_size": 14,
+            }
+        },
+    ),
+    "qwen3_omni_moe_text": (
+        "qwen3_omni_moe_thinker",
+        {
+            "audio_config": {
+                "num_mel_bins": 16,
+                "encoder_layers": 1,
+                "encoder_attention_heads": 2,
+                "encoder_ffn_dim": 32,
+                "d_model": 16,
+                "output_dim": 32,
+                "downsample_hidden_size": 8,
+                "max_source_positions": 64,
+            },
+            "vision_config": {
+                "depth": 1,
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_heads": 2,
+                "out_hidden_size": 32,
+                "num_position_embeddings": 64,
+                "deepstack_visual_indexes": [],
+            },
+            # read by the thinker's `get_rope_index` in generate() but not declared by its config (transformers 5.24);
+            # Qwen3-Omni checkpoints carry it in `thinker_config`
+            "vision_start_token_id": 151652,
+        },
+    ),
     "step3p5": (
         "step3p7",
         {
