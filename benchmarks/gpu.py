@@ -58,7 +58,11 @@ def _sync(reset: bool = False, empty: bool = False) -> None:
 
 
 def check_family(family: str) -> dict:
-    model = tiny_model(family, router_scale=4.0).to(DEVICE, torch.bfloat16)
+    with tempfile.TemporaryDirectory() as folder:
+        # through from_pretrained, so that modules a family keeps in fp32 (Inkling-2's routers) stay fp32
+        reference = tiny_model(family, router_scale=4.0)
+        reference.save_pretrained(folder)
+        model = type(reference).from_pretrained(folder, dtype=torch.bfloat16, device_map=DEVICE).eval()
     pruned = copy.deepcopy(model)
     plan = hf_moe_prune.prune(pruned, MoEPruneConfig("reap", 0.5, calibration=ROWS), progress=False)
     with mask_experts(find_blocks(model), {b.name: b.kept for b in plan.blocks}):

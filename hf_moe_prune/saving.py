@@ -103,6 +103,7 @@ def save_pruned(model: nn.Module, save_directory: str | os.PathLike, *args, over
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         save(str(tmp), *args, **kwargs)
+        _keep_model_type(model, tmp)
         plan = getattr(model, "moe_pruning_plan", None)
         if plan is not None:
             plan.save(tmp)
@@ -111,6 +112,27 @@ def save_pruned(model: nn.Module, save_directory: str | os.PathLike, *args, over
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _keep_model_type(model: nn.Module, folder: Path) -> None:
+    """Write the checkpoint's own `model_type` into config.json when transformers would write its class's.
+
+    A family transformers builds with another family's classes (`sarvam_moe` with GLM-4-MoE's), loaded through that
+    class (`Glm4MoeForCausalLM.from_pretrained`), gets the other family's config class with `model_type` set on the
+    instance; transformers 5.24 saves the weights under the checkpoint's own key names but writes the class's
+    `model_type`, and the folder then reloads with those weights missing (randomly initialized attention, measured).
+    """
+    from transformers import CONFIG_MAPPING
+
+    config = getattr(model, "config", None)
+    own = getattr(config, "__dict__", {}).get("model_type")
+    path = folder / "config.json"
+    if not own or own == type(config).model_type or own not in CONFIG_MAPPING or not path.exists():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("model_type") != own:
+        data["model_type"] = own
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _replace(tmp: Path, target: Path) -> None:

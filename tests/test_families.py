@@ -239,3 +239,20 @@ def test_expert_groups_no_calibration_token_reaches_are_named(caplog):
     for block in find_blocks(model):  # both groups and the layer's router-logits width follow the kept count
         assert block.num_experts == 4
     assert all(layer.mlp.num_experts == 4 for layer in model.model.language_model.layers[1:])
+
+
+def test_checkpoint_of_a_family_built_with_another_familys_classes_keeps_its_type(tmp_path):
+    """sarvam_moe is built with GLM-4-MoE's classes; loaded through `Glm4MoeForCausalLM.from_pretrained` its config
+    is a Glm4MoeConfig, which transformers would save as `glm4_moe` beside sarvam-named weights. The pruned checkpoint
+    keeps `sarvam_moe`, so it reloads whole."""
+    import json
+
+    tiny_model("sarvam_moe", router_scale=4.0).save_pretrained(tmp_path / "base")
+    model_class = type(tiny_model("sarvam_moe"))
+    model = model_class.from_pretrained(tmp_path / "base")
+    hf_moe_prune.prune(model, MoEPruneConfig("reap", 0.5, calibration=ROWS), progress=False)
+    model.save_pretrained(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "sarvam_moe"
+    reloaded = model_class.from_pretrained(tmp_path / "out")
+    saved, loaded = model.state_dict(), reloaded.state_dict()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)

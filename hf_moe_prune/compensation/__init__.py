@@ -169,7 +169,8 @@ def fisher_compensation(block, kept, context=None) -> None:
         deltas, update = {}, torch.zeros_like(residual)
         for j, (tok, phi) in feats.items():
             fisher = phi.T @ phi
-            fisher += damping * fisher.diagonal().mean().clamp(min=1e-12) * torch.eye(len(fisher), dtype=fisher.dtype)
+            eye = torch.eye(len(fisher), dtype=fisher.dtype, device=fisher.device)
+            fisher += damping * fisher.diagonal().mean().clamp(min=1e-12) * eye
             delta = torch.linalg.solve(fisher, phi.T @ residual[tok]).T  # [H, I], like down_proj[j]
             deltas[j] = delta
             update.index_add_(0, tok, phi @ delta.T)

@@ -152,3 +152,6 @@ def narrow_experts(block, kept: list[int], neurons: dict[int, list[int]]) -> Non
     position = {expert: i for i, expert in enumerate(kept)}
     narrowed = {position[e]: chosen for e, chosen in neurons.items()}
     setattr(block.module, block.adapter.experts, prune_neurons(block.experts, narrowed))
+    # Some families initialise the experts from the block (Qwen3-Omni: `module.experts.gate_up_proj`), which grouped
+    # experts do not have; their weights come from the checkpoint, so transformers must not re-initialise the block.
+    block.module._is_hf_initialized = True
