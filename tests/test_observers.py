@@ -140,6 +140,23 @@ def test_llama4_style_statistics_read_gated_inputs():
     assert not block.router._forward_hooks and not block.experts._forward_hooks
 
 
+def _observe(block, x, names):
+    """Run `block` on `x` with an observer attached and without; check observing changes nothing; the statistics."""
+    observer = ExpertObserver(block, frozenset(names))
+    observer.attach()
+    try:
+        with torch.no_grad():
+            observed = block.module(x)
+    finally:
+        observer.detach()
+    with torch.no_grad():
+        plain = block.module(x)
+    if isinstance(plain, tuple):  # ZaYA's block also returns its router states for the next layer
+        observed, plain = observed[0], plain[0]
+    torch.testing.assert_close(observed, plain, rtol=1e-5, atol=1e-6)  # observing changes nothing
+    return observer.stats
+
+
 @pytest.mark.parametrize("family", ["longcat_flash", "zaya"])
 def test_trailing_router_picks_are_no_expert_usage(family):
     """LongCat-Flash's zero experts reach the experts as indices >= E, ZaYA's skip as expert 0 with gate 0: neither
@@ -153,38 +170,15 @@ def test_trailing_router_picks_are_no_expert_usage(family):
             block.router.balancing_biases[-1] = (probs[:, :8].max(-1).values - probs[:, 8]).median()
     routed = []
     handle = block.router.register_forward_hook(lambda m, a, out: routed.append(out[0].detach()))
-    with torch.no_grad():
-        plain = block.module(x)
-    handle.remove()
-    observer = ExpertObserver(block, frozenset(EXPERT_STATISTICS))
-    observer.attach()
     try:
-        with torch.no_grad():
-            observed = block.module(x)
+        stats = _observe(block, x, EXPERT_STATISTICS)
     finally:
-        observer.detach()
-    if family == "zaya":  # the block also returns its router states for the next layer
-        observed, plain = observed[0], plain[0]
-    torch.testing.assert_close(observed, plain, rtol=1e-5, atol=1e-6)
+        handle.remove()
     bias = block.router.get_buffer("balancing_biases" if family == "zaya" else "e_score_correction_bias")
     picks = (routed[0].softmax(-1) + bias).topk(block.top_k, dim=-1).indices
     real = picks[picks < 8]
     assert 0 < real.numel() < picks.numel()  # both routed and trailing picks happen
-    torch.testing.assert_close(observer.stats["count"], torch.bincount(real, minlength=8).double())
-
-
-def _observe(block, x, names):
-    observer = ExpertObserver(block, frozenset(names))
-    observer.attach()
-    try:
-        with torch.no_grad():
-            observed = block.module(x)
-    finally:
-        observer.detach()
-    with torch.no_grad():
-        plain = block.module(x)
-    torch.testing.assert_close(observed, plain, rtol=1e-5, atol=1e-6)  # observing changes nothing
-    return observer.stats
+    torch.testing.assert_close(stats["count"], torch.bincount(real, minlength=8).double())
 
 
 @pytest.mark.parametrize("outputs", [True, False])
