@@ -182,6 +182,26 @@ def _decoder_layers(model: nn.Module, blocks) -> tuple[str, nn.ModuleList]:
     return name, layers
 
 
+def _skeleton(model_config, dtype, model_class=None):
+    """The model `model_config` describes, built on the current (meta) device: `model_class` if given, else the
+    checkpoint's own architecture (multimodal parents such as Qwen3-Omni's thinker), else `AutoModelForCausalLM`'s."""
+    import transformers
+
+    if model_class is None:
+        names = getattr(model_config, "architectures", None) or []
+        model_class = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), None)
+    if model_class is not None:
+        return model_class._from_config(model_config, dtype=dtype)
+    try:
+        return transformers.AutoModelForCausalLM.from_config(model_config, dtype=dtype)
+    except ValueError as error:
+        raise ValueError(
+            f"Streaming cannot tell which model class builds this {model_config.model_type} checkpoint (its config "
+            "names no `architectures`): pass `model_class=` to `stream_prune`, or load with that class's "
+            "`from_pretrained`."
+        ) from error
+
+
 def _check_streamable(config: MoEPruneConfig, method, propagation: str, blocks) -> None:
     reasons = []
     if method.fit is not None:
@@ -193,6 +213,8 @@ def _check_streamable(config: MoEPruneConfig, method, propagation: str, blocks) 
         reasons.append(f"compensation {config.compensation!r} needs the whole block in memory")
     if any(b.adapter.flat_expert_tensors for b in blocks):
         reasons.append("its experts are stored flattened")
+    if any(b.adapter.parent_count_attrs for b in blocks):
+        reasons.append("its layers hold several expert groups that share one count (text and vision experts)")
     if any(b.adapter.more_experts for b in blocks):
         reasons.append("its experts' weights are split over several modules")
 
@@ -250,7 +272,7 @@ def stream_prune(
         `PreTrainedModel`: the compact model, with its plan attached (`model.moe_pruning_plan`).
     """
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoConfig, GenerationConfig
 
     from .api import decide, prepare, statistics_needed, tokenizer_at
 
@@ -268,10 +290,7 @@ def stream_prune(
         dtype = getattr(model_config, "dtype", None) or getattr(model_config, "torch_dtype", None) or torch.float32
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     with init_empty_weights(include_buffers=False):  # parameters on meta; buffers (rotary tables) computed for real
-        if model_class is not None:
-            model = model_class._from_config(model_config, dtype=dtype)
-        else:
-            model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
+        model = _skeleton(model_config, dtype, model_class)
     model.config.name_or_path = path
     model.eval()
     if hasattr(model, "tie_weights"):

@@ -221,3 +221,41 @@ def test_compel_refuses_offloaded_expert_weights(tmp_path):
         AutoModelForCausalLM.from_pretrained(
             fixture_path("qwen3_moe"), device_map=_offload_map(), offload_folder=str(tmp_path), pruning_config=config
         )
+
+
+# Families streaming refuses (with a message naming the reason), and the words of that reason.
+NOT_STREAMABLE = {
+    "dbrx": "stored flattened",
+    "ernie4_5_vl_moe_text": "several expert groups",
+    "glm5_next_text": "pass state",
+    "glm_moe_dsa": "pass state",
+    "hy_v4": "pass state",
+    "hy_v4_vl_text": "pass state",
+    "jetmoe": "split over several modules",
+    "mistral_large4_text": "pass state",
+    "switch_transformers": "encoder-decoder",
+    "zaya": "pass state",
+}
+
+
+@pytest.mark.parametrize("family", hf_moe_prune.ADAPTERS.names())
+def test_streaming_equals_pruning_after_a_full_load_for_every_family(family, tmp_path):
+    """Every family either streams to exactly the model that pruning after a full load gives (same experts, same
+    logits), or is refused before any weight is read, with the reason."""
+    path = save_tiny_model(family, tmp_path / family, router_scale=4.0)
+    rows = torch.randint(1, 300, (4, 16), generator=torch.Generator().manual_seed(0))
+    config = MoEPruneConfig("reap", 0.5, calibration=rows)
+    if family in NOT_STREAMABLE:
+        with pytest.raises(ValueError, match=f"Streaming.*{NOT_STREAMABLE[family]}"):
+            stream_prune(str(path), config, progress=False)
+        return
+    streamed = stream_prune(str(path), config, progress=False)
+    loaded = type(streamed).from_pretrained(path).eval()
+    plan = hf_moe_prune.prune(loaded, config, progress=False)
+    assert [b.kept for b in streamed.moe_pruning_plan.blocks] == [b.kept for b in plan.blocks]
+    ids = torch.randint(1, 300, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = streamed(input_ids=ids), loaded(input_ids=ids)
+    a = a.logits if hasattr(a, "logits") else a.last_hidden_state
+    b = b.logits if hasattr(b, "logits") else b.last_hidden_state
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

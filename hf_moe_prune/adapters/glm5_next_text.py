@@ -11,5 +11,6 @@ ADAPTERS.add(
         "Glm5NextTextMoE",
         count_keys=("num_local_experts", "n_routed_experts"),
         shared=("shared_experts",),
+        layer_state=True,  # each decoder layer hands the next its sparse-attention top-k indices: no streaming
     ),
 )

@@ -1,5 +1,6 @@
 """glm_moe_dsa: router `gate`; fused routed experts `experts`; shared `shared_experts` left alone;
-`e_score_correction_bias` sliced with the router.
+`e_score_correction_bias` sliced with the router. Its decoder layers hand the next one the sparse-attention indexer's
+top-k indices beside the hidden states (`layer_state`: no streaming).
 """
 
 from .base import ADAPTERS, MoEAdapter
@@ -11,5 +12,6 @@ ADAPTERS.add(
         "GlmMoeDsaMoE",
         count_keys=("num_local_experts", "n_routed_experts"),
         shared=("shared_experts",),
+        layer_state=True,
     ),
 )

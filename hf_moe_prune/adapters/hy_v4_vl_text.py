@@ -12,5 +12,6 @@ ADAPTERS.add(
         "HYV4VLMoE",
         count_keys=("num_local_experts", "n_routed_experts"),
         shared=("shared_experts",),
+        layer_state=True,  # each decoder layer hands the next its sparse-attention top-k indices: no streaming
     ),
 )

@@ -9,5 +9,6 @@ ADAPTERS.add(
         "MistralLarge4TextMoE",
         count_keys=("num_local_experts", "n_routed_experts"),
         shared=("shared_experts",),
+        layer_state=True,  # each decoder layer hands the next its sparse-attention top-k indices: no streaming
     ),
 )
