@@ -7,6 +7,7 @@ it and against transformers 4.57 loading the same folder; asserted below 1e-4.
 
 import pytest
 import torch
+import transformers
 
 pytest.importorskip("optimum.onnxruntime", reason="needs the ONNX Runtime environment (tests_optimum/run.sh)")
 
@@ -63,3 +64,17 @@ def test_ort_refuses_non_uniform_and_unsupported_families(checkpoints):
     with pytest.raises(ValueError, match="cannot export 'mixtral'.*deepseek_v3, gpt_oss, qwen3_moe"):
         load_model(checkpoints["mixtral"], "ort")
     assert supported_families("ort") == ["deepseek_v3", "gpt_oss", "qwen3_moe"]
+
+
+@pytest.mark.parametrize("name", ["qwen3_moe", "deepseek_v3", "gpt_oss"])
+def test_uniform_checkpoints_of_the_exported_families_load_in_transformers_4_57(checkpoints, name):
+    """The ONNX Runtime path runs on transformers 4.57, whose experts are per-expert `nn.ModuleList`s: the fused
+    checkpoint a uniform pruning writes under transformers 5 must load there as the same model."""
+    assert transformers.__version__.startswith("4.57")
+    model = AutoModelForCausalLM.from_pretrained(checkpoints[name]).eval()
+    worst = 0.0
+    for row in load_reference(checkpoints[name]):
+        with torch.no_grad():
+            logits = model(input_ids=row["input_ids"][None]).logits[0]
+        worst = max(worst, float((logits - row["logits"]).abs().max()))
+    assert worst < ATOL, f"{name}: max |logit difference| {worst} against transformers 5"
