@@ -14,6 +14,7 @@ import warnings
 from .adapters import ADAPTERS
 from .adapters.base import UNSUPPORTED
 
+# Config keys that count experts (one of them in every family transformers has, DBRX's nested one aside)
 COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
 

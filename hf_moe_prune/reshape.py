@@ -78,16 +78,15 @@ def slice_block(block: MoEBlock, kept: list[int]) -> None:
     if trailing:
         counts[num_experts + trailing] = len(kept) + trailing  # LongCat-Flash's `total_experts`, Zaya's classes
     # Each module once: a count already rewritten must not be mapped again (kept + T may equal E).
-    for module in {id(m): m for m in (block.module, block.router, *block.expert_modules)}.values():
-        for attr in block.adapter.count_attrs:
+    owners = {id(m): (m, block.adapter.count_attrs) for m in (block.module, block.router, *block.expert_modules)}
+    if block.parent is not None:
+        owners[id(block.parent)] = (block.parent, block.adapter.parent_count_attrs)
+    for module, attrs in owners.values():
+        for attr in attrs:
             # Only attributes that hold the expert count: OpenAI-privacy-filter's MLP names its top-k multiplier so.
             value = getattr(module, attr, None)
             if isinstance(value, int) and not isinstance(value, bool) and value in counts:
                 setattr(module, attr, counts[value])
-    for attr in block.adapter.parent_count_attrs if block.parent is not None else ():
-        value = getattr(block.parent, attr, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value in counts:
-            setattr(block.parent, attr, counts[value])
 
 
 def _keep_children(module: nn.Module, kept: list[int]) -> None:

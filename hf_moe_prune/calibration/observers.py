@@ -45,6 +45,7 @@ class ExpertObserver:
         )
         self._handle = None
         self._restore = None
+        self._sorted = None  # JetMoE: a forward's routed rows, from the router until the experts' outputs arrive
 
     @property
     def needs_outputs(self) -> bool:

@@ -10,8 +10,9 @@ from typing import Any
 
 from transformers import AutoConfig
 
+from ..families import COUNT_KEYS
+
 VOCAB_SIZE = 384
-COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 TOP_K_KEYS = ("num_experts_per_tok", "moe_k", "moe_topk", "num_experts_per_token", "moe_top_k")
 TOP_K = 2
 
