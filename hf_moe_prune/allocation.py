@@ -247,6 +247,34 @@ def allocate(
     return counts
 
 
+def check_removes_experts(blocks: list[MoEBlock], config: MoEPruneConfig, counts: dict[str, int]) -> None:
+    """Before calibration: the request removes at least one expert (a run that prunes nothing must not exit 0 as if
+    it had worked).
+
+    Raises:
+        `ValueError`: every layer is ignored (or hash-routed), or the ratio rounds down to no expert anywhere.
+    """
+    active = [b for b in blocks if not keeps_all(b, config)]
+    if not active:
+        raise ValueError(
+            "ignore= (with any fixed-routing layers) leaves every MoE layer whole: nothing would be pruned. "
+            f"The MoE layers are {[b.layer_idx for b in blocks]}; ignore fewer of them."
+        )
+    if isinstance(config.allocation, str) and config.allocation != "uniform":
+        removed = sum(b.num_experts for b in active) - total_budget(active, config)
+    else:
+        removed = sum(b.num_experts - counts[b.name] for b in blocks)
+    if removed > 0:
+        return
+    if config.ratio is not None:
+        smallest = min(b.num_experts for b in active)
+        raise ValueError(
+            f"ratio={config.ratio} removes no expert: {config.ratio} × {smallest} experts per layer rounds down to "
+            f"0. Use a ratio of at least 1/{smallest} = {1 / smallest:.4g}."
+        )
+    raise ValueError("The requested expert counts keep every expert of every MoE layer: nothing would be pruned.")
+
+
 def check_budget(blocks: list[MoEBlock], config: MoEPruneConfig) -> None:
     """Before calibration: the allocation exists and the global budget can be met with every layer's floor."""
     if isinstance(config.allocation, str) and config.allocation != "uniform":

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .adapters import MoEBlock, find_blocks, get_adapter, text_config
-from .allocation import allocate, check_budget, keep_counts, select_experts
+from .allocation import allocate, check_budget, check_removes_experts, keep_counts, select_experts
 from .calibration import LayerStats, calibration_rows, collect_stats, describe
 from .calibration.distributed import broadcast_plan
 from .compensation import COMPENSATIONS, BlockInputRecorder, CompensationContext, check_compensation, needs_inputs
@@ -83,6 +83,7 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
     else:
         counts = keep_counts(blocks, config)  # raises before calibration when a layer's count is infeasible
         check_budget(blocks, config)
+        check_removes_experts(blocks, config, counts)
         check_same_count(blocks[0].adapter, counts.values(), config.allocation)
     check_compensation(config.compensation, blocks)
     if needs_inputs(config.compensation) and not all(b.adapter.standalone for b in blocks):
@@ -91,11 +92,22 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
             f"{blocks[0].adapter.model_type} block is a whole decoder layer: use compensation='none' or 'merge'."
         )
     method = METHODS.get(config.method)
+    if method.fit is not None and torch.is_inference_mode_enabled():
+        raise ValueError(
+            f"method {method.name!r} learns from gradients, which torch.inference_mode() forbids: call prune outside "
+            "that context (torch.no_grad() is fine), or use a forward-statistics method (reap, ean, frequency, ...)."
+        )
     rows = None
     if method.needs_calibration:
         if not isinstance(config.calibration, torch.Tensor):
             tokenizer = tokenizer or config.tokenizer or default_tokenizer(model)
         rows = calibration_rows(config.calibration, tokenizer, config.num_samples, config.seq_len, config.seed)
+        vocab = getattr(text_config(model.config), "vocab_size", None)
+        if isinstance(vocab, int) and rows.numel() and int(rows.max()) >= vocab:
+            raise ValueError(
+                f"Calibration token id {int(rows.max())} is outside the model's vocabulary of {vocab} tokens: the ids "
+                "(or the tokenizer) belong to another model."
+            )
     return PruneJob(config, blocks, method, rows)
 
 
@@ -137,7 +149,8 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
         stats = {b.name: LayerStats(b.num_experts) for b in job.blocks}
     fitted = None
     if method.fit is not None and job.rows is not None:
-        fitted = method.fit(model, job.blocks, job.rows, config, progress=progress)
+        with torch.enable_grad():  # gradient methods work under a caller's torch.no_grad() / inference code too
+            fitted = method.fit(model, job.blocks, job.rows, config, progress=progress)
     context: dict[str, Any] = {"config": config, "model": model, "rows": job.rows, "seed": config.seed}
     inputs = None
     if recorder is not None:
@@ -187,6 +200,14 @@ def decide(
         if scores.shape != (block.num_experts,):
             raise RuntimeError(
                 f"method {method.name!r} returned scores of shape {tuple(scores.shape)} for {block.name}"
+            )
+        if not bool(torch.isfinite(scores).all()):
+            # NaN or inf scores would rank experts arbitrarily: a degenerate plan that looks like a result
+            bad = int((~torch.isfinite(scores)).sum())
+            raise ValueError(
+                f"method {method.name!r} gave {bad} non-finite (NaN or inf) expert scores in {block.name}: the model's "
+                "weights or activations hold NaN/inf there (a damaged checkpoint, or fp16 overflow: load in bf16 or "
+                "fp32). Nothing was changed."
             )
         all_scores[block.name] = scores
     schedule = None
@@ -278,18 +299,13 @@ def apply_plan(
     `compensation` runs on each block before it is sliced, with its `stats` and calibration `inputs` if given.
     """
     from .saving import attach_plan
+    from .validation import check_plan
 
     blocks = {b.name: b for b in find_blocks(model)}
-    check_same_count(get_adapter(model), [b.num_kept for b in plan.blocks])
+    check_plan(plan, list(blocks.values()))  # before any block is touched: a bad plan leaves the model as it was
     compensate = COMPENSATIONS.get(compensation)
     for block_plan in plan.blocks:
-        if block_plan.name not in blocks:
-            raise ValueError(f"The plan names MoE block {block_plan.name!r}, which this model does not have.")
         block = blocks[block_plan.name]
-        if block.num_experts != block_plan.num_experts:
-            raise ValueError(
-                f"{block.name} has {block.num_experts} experts but the plan was made for {block_plan.num_experts}."
-            )
         context = CompensationContext(
             stats=None if stats is None else stats.get(block.name),
             inputs=None if inputs is None else inputs.get(block.name),

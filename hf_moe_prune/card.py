@@ -119,6 +119,19 @@ def attach_quality(model, before, after=None) -> str:
     return model.moe_pruning_quality
 
 
+def _loading_note(uniform: bool, remote_code: bool) -> str:
+    """What stock transformers does with this checkpoint when hf_moe_prune is not imported (see `portable`)."""
+    if uniform or remote_code:
+        return ""
+    return (
+        "**Loading needs `pip install hf-moe-prune` and `import hf_moe_prune`** before `from_pretrained`: the MoE "
+        "layers keep different numbers (or widths) of experts, a layout stock transformers cannot build. Without the "
+        "library the checkpoint is refused on purpose, never loaded with random experts: `Auto*` classes stop at "
+        "\"model type `hf_moe_prune`\", the family's own class at its expert-count field, whose value says the same. "
+        "vLLM, SGLang, llama.cpp and the Optimum exporters cannot load it; prune with a uniform allocation for them."
+    )
+
+
 def _usage(repo: str, uniform: bool, remote_code: bool, auto_class: str = "AutoModelForCausalLM") -> str:
     lines = [f"from transformers import {auto_class}, AutoTokenizer", ""]
     if not uniform and not remote_code:
@@ -137,7 +150,18 @@ def _neuron_shares(plan) -> list[dict[str, Any]] | None:
         return None
     rows = []
     for b in plan.blocks:
-        widths = b.widths or [b.intermediate_size] * b.num_kept
+        if b.widths is None:  # a layer left whole (`ignore`, fixed routing) or only losing whole experts
+            rows.append(
+                {
+                    "layer": b.layer_idx,
+                    "whole": b.num_kept,
+                    "narrowed": 0,
+                    "widths": "full",
+                    "share": f"{b.num_kept / b.num_experts:.1%}",
+                }
+            )
+            continue
+        widths = b.widths
         full = b.intermediate_size or max(widths)
         rows.append(
             {
@@ -226,6 +250,7 @@ def render_model_card(
         reference=reference or "see hf_moe_prune",
         ratio="—" if plan.ratio is None else f"{plan.ratio:g}",
         summary=summary,
+        loading_note=_loading_note(uniform, remote_code),
         usage=_usage(
             repo_id or "path/to/this/folder",
             uniform,

@@ -101,7 +101,11 @@ class MoEPruneConfig(QuantizationConfigMixin):
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.seed = seed
-        self.ignore = list(ignore or [])
+        # One pattern or index given alone is one entry (a string would otherwise split into characters, and "*"
+        # would then match every layer).
+        self.ignore = [ignore] if isinstance(ignore, (str, int)) else list(ignore or [])
+        if not isinstance(method_kwargs, (dict, type(None))):
+            raise TypeError(f"method_kwargs must be a dict of method options, got {type(method_kwargs).__name__}.")
         self.method_kwargs = dict(method_kwargs or {})
         self.tokenizer = tokenizer
         # Per-block expert counts of a pruned checkpoint; set when a non-uniform result is saved, read on reload.
@@ -112,7 +116,11 @@ class MoEPruneConfig(QuantizationConfigMixin):
         self.streaming = streaming
         self.propagation = propagation
         kwargs.pop("quant_method", None)
-        for key, value in kwargs.items():  # keys written by newer versions of the library stay readable
+        if kwargs and not self.is_pruned_checkpoint:
+            # A misspelled option must not be accepted and ignored; only a saved checkpoint's config (a reload) may
+            # carry keys written by a newer version of the library.
+            _refuse_unknown(kwargs)
+        for key, value in kwargs.items():
             setattr(self, key, value)
         self.post_init()
 
@@ -128,6 +136,12 @@ class MoEPruneConfig(QuantizationConfigMixin):
         from .methods import METHODS
         from .neurons.schedule import NEURON_ALLOCATIONS
 
+        for name in ("method", "allocation", "compensation", "unit", "propagation"):
+            value = getattr(self, name)
+            if isinstance(value, str):  # names are case-insensitive; everything after compares lower-case names
+                setattr(self, name, value.strip().lower())
+        if not isinstance(self.method, str):
+            raise TypeError(f"method must be a method name (a string), got {self.method!r}.")
         method = METHODS.get(self.method)  # raises with the list of methods
         if self.unit is None:
             self.unit = method.unit
@@ -180,8 +194,20 @@ class MoEPruneConfig(QuantizationConfigMixin):
             raise ValueError(f"streaming must be True or False, got {self.streaming!r}.")
         if self.propagation not in ("dense", "pruned"):
             raise ValueError(f"propagation must be 'dense' or 'pruned', got {self.propagation!r}.")
-        if not all(isinstance(p, (str, int)) for p in self.ignore):
+        if not all(isinstance(p, (str, int)) and not isinstance(p, bool) for p in self.ignore):
             raise ValueError(f"ignore must list layer indices or module-name patterns, got {self.ignore!r}.")
+        if not self.is_pruned_checkpoint:
+            from .neurons.schedule import SCHEDULE_KEYS
+
+            schedule = {key: "unit='neuron' (the neuron schedule)" for key in SCHEDULE_KEYS}
+            if self.unit == "expert":
+                wrong = sorted(set(self.method_kwargs) & set(SCHEDULE_KEYS) - set(method.option_names()))
+                if wrong:
+                    raise ValueError(
+                        f"method_kwargs {wrong} shape neuron pruning; with unit='expert' they would be ignored: use "
+                        "unit='neuron', or leave them out."
+                    )
+            method.check_options(self.method_kwargs, schedule if self.unit == "neuron" else None)
 
     def _check_neuron_unit(self) -> None:
         from .neurons.schedule import NEURON_ALLOCATIONS, schedule_options
@@ -225,3 +251,16 @@ class MoEPruneConfig(QuantizationConfigMixin):
         return isinstance(other, MoEPruneConfig) and self.to_dict() == other.to_dict()
 
     __hash__ = None  # mutable
+
+
+def _refuse_unknown(kwargs: dict[str, Any]) -> None:
+    import difflib
+    import inspect
+
+    valid = [name for name in inspect.signature(MoEPruneConfig.__init__).parameters if name not in ("self", "kwargs")]
+    key = sorted(kwargs)[0]
+    close = difflib.get_close_matches(key, valid, n=1)
+    raise TypeError(
+        f"MoEPruneConfig got an unexpected keyword {key!r}" + (f"; did you mean {close[0]!r}?" if close else ".")
+        + f" Its options: {', '.join(valid)}."
+    )

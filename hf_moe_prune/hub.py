@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, constants
 
+from .portable import unmark_config_dict
 from .plan import PrunePlan
-from .saving import save_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,6 @@ def push_to_hub(
     Raises:
         `PushToHubError`: the Hub could not be reached or refused the request (chained from the client's error).
     """
-    from .card import write_model_card
     from .saving import save_pruned
 
     plan: PrunePlan | None = getattr(model, "moe_pruning_plan", None)
@@ -105,12 +104,9 @@ def push_to_hub(
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory(prefix="hf_moe_prune_push_") as tmp:
         folder = Path(tmp) / "repo"
-        save_pruned(model, folder, max_shard_size=max_shard_size)
-        if tokenizer is not None:
-            save_tokenizer(tokenizer, folder)
-        if remote_code:
-            write_remote_code(folder, model, plan)
-        write_model_card(folder, plan, model, repo_id=repo_id, remote_code=remote_code, quality=quality, tags=tags)
+        card = {"repo_id": repo_id, "remote_code": remote_code, "quality": quality, "tags": tags}
+        code = (lambda path: write_remote_code(path, model, plan)) if remote_code else None
+        save_pruned(model, folder, tokenizer=tokenizer, max_shard_size=max_shard_size, card=card, extra_files=code)
         if commit_message is None:
             counts = [b.num_kept for b in plan.blocks]
             kept = f"{counts[0]} experts per MoE layer" if plan.is_uniform else f"per-layer expert counts {counts}"
@@ -290,7 +286,8 @@ def write_remote_code(folder: str | os.PathLike, model, plan: PrunePlan) -> None
     (folder / "configuration_pruned.py").write_text(_CONFIG_CODE.format(**names), encoding="utf-8")
     (folder / "modeling_pruned.py").write_text(_MODELING_CODE.format(**names), encoding="utf-8")
     config_file = folder / "config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8"))
+    # The remote code is the loader here: the stock fields go back (see `hf_moe_prune.portable`).
+    config = unmark_config_dict(json.loads(config_file.read_text(encoding="utf-8")))
     config.pop("quantization_config", None)
     config["experts_per_layer"] = plan.experts_per_layer  # for readers; the code uses the two entries below
     config["pruned_tensors"] = tensors

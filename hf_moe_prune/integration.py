@@ -21,6 +21,7 @@ from .api import PruneJob, prepare, prune, run
 from .config import QUANT_METHOD, MoEPruneConfig
 from .neurons import narrow_experts
 from .plan import PLAN_FILE, PrunePlan
+from .portable import register_marker, stock_config_for
 from .reshape import slice_block
 from .saving import attach_plan
 
@@ -77,10 +78,11 @@ class MoEPruneHfQuantizer(HfQuantizer):
 
 
 def _shrink_skeleton(model, experts_per_layer: dict[str, int], expert_widths: dict[str, list[int]]) -> None:
+    from .validation import check_pruned_metadata
+
     blocks = {b.name: b for b in find_blocks(model)}
-    missing = (set(experts_per_layer) | set(expert_widths)) - set(blocks)
-    if missing:
-        raise ValueError(f"The checkpoint's pruning config names MoE blocks {sorted(missing)} this model lacks.")
+    # The counts come from a possibly untrusted config.json: bounded by the skeleton's own shapes before any range().
+    check_pruned_metadata(list(blocks.values()), experts_per_layer, expert_widths)
     for name, count in experts_per_layer.items():
         # Which experts were kept does not matter here: the checkpoint holds exactly `count` of them, renumbered.
         slice_block(blocks[name], list(range(count)))
@@ -96,19 +98,32 @@ def _saved_plan(model) -> PrunePlan | None:
         path = cached_file(model.config.name_or_path, PLAN_FILE, _raise_exceptions_for_missing_entries=False)
     except (OSError, ValueError):
         return None
-    return PrunePlan.load(path) if path else None
+    if not path:
+        return None
+    from .validation import check_saved_plan
+
+    plan = PrunePlan.load(path)  # checked; a re-save writes its counts, so it must describe these weights
+    check_saved_plan(plan, find_blocks(model), str(path))
+    return plan
+
+
+_HUB_KEYS = ("cache_dir", "revision", "token", "local_files_only", "subfolder")
 
 
 def _is_pruned_checkpoint(path, kwargs) -> bool:
     from transformers import PretrainedConfig
 
-    keys = ("cache_dir", "revision", "token", "local_files_only", "subfolder")
     try:
-        config_dict, _ = PretrainedConfig.get_config_dict(path, **{k: kwargs[k] for k in keys if k in kwargs})
+        config_dict, _ = PretrainedConfig.get_config_dict(path, **{k: kwargs[k] for k in _HUB_KEYS if k in kwargs})
     except Exception:  # not resolvable here: let from_pretrained report it in its own words
         return False
     quant = config_dict.get("quantization_config") or config_dict.get("text_config", {}).get("quantization_config")
     return isinstance(quant, dict) and quant.get("quant_method") == QUANT_METHOD
+
+
+def _checkpoint_path(args: tuple, kwargs: dict):
+    """The checkpoint `from_pretrained` was given, by position or by keyword (None for `from_pretrained(None, ...)`)."""
+    return args[0] if args else kwargs.get("pretrained_model_name_or_path")
 
 
 def _install_from_pretrained() -> None:
@@ -127,20 +142,39 @@ def _install_from_pretrained() -> None:
             kwargs["quantization_config"] = (
                 pruning_config if isinstance(pruning_config, MoEPruneConfig) else MoEPruneConfig(**pruning_config)
             )
+        path = _checkpoint_path(args, kwargs)
+        if path is not None and kwargs.get("config") is None:
+            # A checkpoint only this library loads correctly carries a marked config (hf_moe_prune.portable) that the
+            # family's config class refuses by design: give that class the real config.
+            hub = {k: kwargs[k] for k in _HUB_KEYS if k in kwargs}
+            config = stock_config_for(cls, path, hub)
+            if config is not None:
+                kwargs["config"] = config
         request = kwargs.get("quantization_config")
-        if isinstance(request, MoEPruneConfig) and request.streaming and args:
-            return _stream(cls, args[0], request, kwargs)
-        if isinstance(request, MoEPruneConfig) and args and _is_pruned_checkpoint(args[0], kwargs):
-            # transformers would keep the checkpoint's own pruning config and silently ignore the new request:
-            # load the pruned model as it is, then prune it further.
-            kwargs.pop("quantization_config")
-            model = original(cls, *args, **kwargs)
-            prune(model, request)
-            return model
+        if isinstance(request, MoEPruneConfig) and path is not None and not request.is_pruned_checkpoint:
+            if request.streaming:
+                return _stream(cls, path, request, _without_path(args, kwargs))
+            if _is_pruned_checkpoint(path, kwargs):
+                # transformers would keep the checkpoint's own pruning config and silently ignore the new request:
+                # load the pruned model as it is, then prune it further.
+                kwargs.pop("quantization_config")
+                model = original(cls, *args, **kwargs)
+                prune(model, request)
+                return model
         return original(cls, *args, **kwargs)
 
     from_pretrained._hf_moe_prune = True
     PreTrainedModel.from_pretrained = classmethod(from_pretrained)
+
+
+def _without_path(args: tuple, kwargs: dict) -> dict:
+    """`kwargs` of a from_pretrained call less the checkpoint path (given by keyword) and positional extras."""
+    if len(args) > 1:
+        raise ValueError(
+            "Streaming pruning takes the checkpoint path as the only positional argument of from_pretrained; pass "
+            "the other arguments by keyword."
+        )
+    return {k: v for k, v in kwargs.items() if k != "pretrained_model_name_or_path"}
 
 
 def _stream(cls, path, request: MoEPruneConfig, kwargs: dict):
@@ -179,4 +213,5 @@ def register() -> None:
     if AUTO_QUANTIZER_MAPPING.get(QUANT_METHOD) is not MoEPruneHfQuantizer:
         AUTO_QUANTIZER_MAPPING.pop(QUANT_METHOD, None)
         register_quantizer(QUANT_METHOD)(MoEPruneHfQuantizer)
+    register_marker()
     _install_from_pretrained()

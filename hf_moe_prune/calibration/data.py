@@ -37,17 +37,30 @@ def _texts_from_path(path: Path) -> Iterator[str]:
         for file in files:
             yield from _texts_from_path(file)
     elif path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
+        with open(path, "rb") as f:  # bytes, decoded per line, so that a bad byte is reported at its own line
+            for line_no, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise ValueError(f"{path}:{line_no}: not UTF-8 text ({error.reason}).") from None
                 if not line.strip():
                     continue
-                record = json.loads(line)
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(
+                        f"{path}:{line_no}: not a JSON line ({error.msg} at column {error.colno}); each line must be "
+                        'an object like {"text": "..."}.'
+                    ) from None
                 text = record.get("text") if isinstance(record, dict) else record
                 if not isinstance(text, str):
                     raise ValueError(f"{path}:{line_no}: each JSON line needs a string field 'text'.")
                 yield text
     else:
-        yield path.read_text(encoding="utf-8")
+        try:
+            yield path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}).") from None
 
 
 def _load_dataset(name: str) -> Iterable[str]:
@@ -103,6 +116,14 @@ def calibration_rows(
     if source is None:
         raise ValueError(f"This method needs calibration data: set `calibration=` to {_SOURCES}.")
     if isinstance(source, torch.Tensor):
+        if source.dtype.is_floating_point or source.dtype.is_complex or source.dtype == torch.bool:
+            # .long() would truncate silently (probabilities or embeddings would all become token 0)
+            raise TypeError(
+                f"Calibration token ids must be an integer tensor, got {source.dtype}: pass the tokenizer's "
+                "input_ids (or text with a tokenizer)."
+            )
+        if source.numel() and int(source.min()) < 0:
+            raise ValueError(f"Calibration token ids must be ≥ 0, got {int(source.min())}.")
         ids = source.long()
         if ids.dim() == 2:
             if ids.numel() == 0:

@@ -108,6 +108,7 @@ def compel_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, 
     fit=compel_fit,
     default_allocation="outlier",
     default_compensation="fisher",
+    options={"router_path": bool},
 )
 def compel(stats, generator=None, **kwargs):
     """Scores come from `compel_fit`; the statistics (soft counts) serve the compensation step."""

@@ -116,6 +116,15 @@ def diep_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, to
     reference="Bai et al., arXiv 2509.16105 (our reading)",
     fit=diep_fit,
     default_allocation="learned",
+    options={
+        "steps": int,
+        "lr": float,
+        "budget_weight": float,
+        "binary_weight": float,
+        "init": float,
+        "patience": int,
+        "tol": float,
+    },
 )
 def diep(stats, generator=None, **kwargs):
     """Scores come from `diep_fit`."""

@@ -134,8 +134,15 @@ def _solve(layers: list[_Layer], ratio: float, options: dict[str, Any]) -> tuple
                 f"Layer {layer.block.layer_idx}: its experts have {layer.width} intermediate neurons, not a multiple "
                 f"of multiple_of={m}; set method_kwargs['multiple_of'] to a divisor of {layer.width}."
             )
+    if not layers:
+        raise ValueError("ignore= leaves every MoE layer whole: nothing would be pruned. Ignore fewer layers.")
     total = sum(layer.block.num_experts * layer.width for layer in layers)
     budget = m * math.floor(ratio * total / m + 1e-9)
+    if budget == 0:
+        raise ValueError(
+            f"ratio={ratio} removes no neuron: {ratio} × {total} routed-expert neurons rounds down to 0 in steps of "
+            f"multiple_of={m}. Use a ratio of at least {m / total:.3g}."
+        )
     units_budget = (budget - sum(layer.drop * layer.width for layer in layers)) // m
     if units_budget < 0:
         raise ValueError(
