@@ -205,9 +205,9 @@ def decide(
             # NaN or inf scores would rank experts arbitrarily: a degenerate plan that looks like a result
             bad = int((~torch.isfinite(scores)).sum())
             raise ValueError(
-                f"method {method.name!r} gave {bad} non-finite (NaN or inf) expert scores in {block.name}: the model's "
-                "weights or activations hold NaN/inf there (a damaged checkpoint, or fp16 overflow: load in bf16 or "
-                "fp32). Nothing was changed."
+                f"method {method.name!r} gave {bad} non-finite (NaN or inf) expert scores in {block.name}: the "
+                "model's weights or activations hold NaN/inf there (a damaged checkpoint, or fp16 overflow: load in "
+                "bf16 or fp32). Nothing was changed."
             )
         all_scores[block.name] = scores
     schedule = None

@@ -97,7 +97,13 @@ def _add_output(
     group = parser.add_argument_group("output")
     if folder_help:
         group.add_argument("--output", metavar="DIR", required=required, help=folder_help)
-        group.add_argument("--overwrite", action="store_true", help="replace the content of a non-empty --output")
+        group.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="write into a non-empty --output; a model is saved there only if it holds nothing but a model "
+            "(config, weights, tokenizer, plan, card), which is then replaced in one step, and never if it is the "
+            "source model, a parent of it or the working directory",
+        )
     if push:
         group.add_argument("--push-to-hub", metavar="REPO", help="also upload the pruned model to this Hub repo")
     group.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -271,7 +277,14 @@ def _check_output(args: argparse.Namespace) -> None:
         return
     if os.path.exists(output) and not os.path.isdir(output):
         raise UsageError(f"--output {output!r} is a file; give a folder.")
-    if os.path.isdir(output) and os.listdir(output) and not args.overwrite:
+    if args.command == "prune" or getattr(args, "action", None) == "apply":  # the commands that save a model
+        from .atomic import check_target
+
+        try:  # the save's own check, before loading: a model folder only, never a source of the model
+            check_target(output, args.overwrite, commands.output_sources(args), option="--overwrite")
+        except (FileExistsError, ValueError) as error:
+            raise UsageError(f"--output: {error}") from error
+    elif os.path.isdir(output) and os.listdir(output) and not args.overwrite:
         raise UsageError(f"--output {output!r} exists and is not empty; nothing was written. Pass --overwrite.")
 
 
@@ -279,6 +292,12 @@ def _check_plan(value: str) -> None:
     path = os.path.join(value, "moe_pruning_plan.json") if os.path.isdir(value) else value
     if not os.path.isfile(path):
         raise UsageError(f"no pruning plan at {path!r} (give moe_pruning_plan.json or a pruned model folder).")
+    from .plan import PrunePlan
+
+    try:
+        PrunePlan.load(path)  # a crafted or damaged plan is refused here, before any model is loaded
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from None
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -288,7 +307,8 @@ def check_args(args: argparse.Namespace) -> None:
         args (`argparse.Namespace`): Parsed arguments; `prune` gets its `MoEPruneConfig` as `args.config`.
 
     Raises:
-        `UsageError`: a missing path, a non-empty output folder without `--overwrite`, an unknown method, ...
+        `UsageError`: a missing path, a non-empty output folder without `--overwrite`, an output that is not only a
+            model (or is the source model, a parent of it, or the working directory), an unknown method, ...
     """
     command = args.command
     _check_model(getattr(args, "base_model", None) if command == "plan" else args.model)

@@ -210,7 +210,7 @@ def eval_texts(data: list[str] | None, model: str | None) -> dict[str, Any] | No
 
 
 def run_prune(args: argparse.Namespace) -> dict[str, Any]:
-    """`hf-moe-prune prune`: prune while loading, evaluate, save (atomically) with the tokenizer, push.
+    """`hf-moe-prune prune`: prune while loading, evaluate, save with the tokenizer (one atomic step), push.
 
     Args:
         args (`argparse.Namespace`): The parsed and checked arguments (`args.config` is the `MoEPruneConfig`).
@@ -225,6 +225,7 @@ def run_prune(args: argparse.Namespace) -> dict[str, Any]:
     name = Path(model_path).name if Path(model_path).exists() else model_path.replace("/", "--")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     output = Path(args.output or f"hf_moe_prune_output/{name}-{config.method}-{stamp}")
+    size_before = _disk(model_path)  # before anything is written
 
     log(f"Pruning {model_path} with {config.method} ...")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -257,11 +258,11 @@ def run_prune(args: argparse.Namespace) -> dict[str, Any]:
         del reference
         _attach_quality(model, before, after)
     log(f"Saving to {output} ...")
-    model.save_pretrained(output, overwrite=args.overwrite)
-    from .saving import save_tokenizer
+    from .saving import save_pruned
 
-    save_tokenizer(tokenizer, output)
-    report["safetensors_bytes"] = {"before": _disk(model_path), "after": _disk(str(output))}
+    # Model, tokenizer, plan and card appear together in one rename; nothing is written into `output` afterwards.
+    save_pruned(model, output, tokenizer=tokenizer, overwrite=args.overwrite)
+    report["safetensors_bytes"] = {"before": size_before, "after": _disk(str(output))}
     if push is not None:
         report["hub"] = push_model(push, model, args.push_to_hub, tokenizer)
     return report
@@ -300,6 +301,22 @@ def load_plan(path: str | None):
     if path is None or not (Path(path).is_file() or (Path(path) / PLAN_FILE).is_file()):
         return None
     return PrunePlan.load(path)
+
+
+def output_sources(args: argparse.Namespace) -> list[str]:
+    """What `prune` or `plan apply` reads: the model (or the plan's base model) and the plan's folder.
+
+    `--output` must be none of these nor a parent of one (see `hf_moe_prune.atomic.check_target`).
+
+    Args:
+        args (`argparse.Namespace`): The parsed arguments.
+    """
+    if args.command == "prune":
+        return [args.model or fixture_path("qwen3_moe")]
+    plan = Path(args.plan)
+    sources = [str(plan if plan.is_dir() else plan.parent)]
+    base = args.base_model or recorded_plan_base(args.plan)
+    return [*sources, base] if base else sources
 
 
 def recorded_plan_base(path: str) -> str | None:

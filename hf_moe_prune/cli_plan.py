@@ -38,10 +38,10 @@ def run_plan_apply(args: argparse.Namespace) -> dict[str, Any]:
     before = sum(p.numel() for p in model.parameters())
     apply_plan(model, plan)
     after = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(args.output, overwrite=args.overwrite)
-    from .saving import save_tokenizer
+    from .saving import save_pruned
 
-    save_tokenizer(tokenizer, args.output)
+    # Model, tokenizer, plan and card appear together in one rename; nothing is written into `output` afterwards.
+    save_pruned(model, args.output, tokenizer=tokenizer, overwrite=args.overwrite)
     report = {
         "plan": args.plan,
         "base_model": base,

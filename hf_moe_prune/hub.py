@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, constants
 
-from .portable import unmark_config_dict
 from .plan import PrunePlan
+from .portable import unmark_config_dict
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ class MoEPruneHfQuantizer(HfQuantizer):
         config = self.quantization_config
         if self.pre_quantized:
             if config.is_pruned_checkpoint:
-                _shrink_skeleton(model, config.experts_per_layer or {}, config.expert_widths or {})
+                _shrink_skeleton(model, config.experts_per_layer, config.expert_widths)
         else:
             self._job = prepare(model, config)
         return model
@@ -83,6 +83,7 @@ def _shrink_skeleton(model, experts_per_layer: dict[str, int], expert_widths: di
     blocks = {b.name: b for b in find_blocks(model)}
     # The counts come from a possibly untrusted config.json: bounded by the skeleton's own shapes before any range().
     check_pruned_metadata(list(blocks.values()), experts_per_layer, expert_widths)
+    experts_per_layer, expert_widths = experts_per_layer or {}, expert_widths or {}
     for name, count in experts_per_layer.items():
         # Which experts were kept does not matter here: the checkpoint holds exactly `count` of them, renumbered.
         slice_block(blocks[name], list(range(count)))
@@ -122,7 +123,7 @@ def _is_pruned_checkpoint(path, kwargs) -> bool:
 
 
 def _checkpoint_path(args: tuple, kwargs: dict):
-    """The checkpoint `from_pretrained` was given, by position or by keyword (None for `from_pretrained(None, ...)`)."""
+    """The checkpoint `from_pretrained` was given, by position or by keyword (None for `from_pretrained(None)`)."""
     return args[0] if args else kwargs.get("pretrained_model_name_or_path")
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from .validation import check_plan_dict
 
 PLAN_FILE = "moe_pruning_plan.json"
 
@@ -34,11 +37,8 @@ class BlockPlan:
     intermediate_size: int | None = None
 
     def __post_init__(self):
-        if self.neurons is not None:  # JSON object keys are strings
-            self.neurons = {int(k): list(v) for k, v in self.neurons.items()}
-            unknown = set(self.neurons) - set(self.kept)
-            if unknown:
-                raise ValueError(f"{self.name}: neuron lists for experts {sorted(unknown)} that are not kept.")
+        if isinstance(self.neurons, dict):  # JSON object keys are strings; anything else is left to `check_plan`
+            self.neurons = {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in self.neurons.items()}
 
     @property
     def num_kept(self) -> int:
@@ -112,21 +112,55 @@ class PrunePlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PrunePlan:
-        data = dict(data)
-        data["blocks"] = [BlockPlan(**b) for b in data["blocks"]]
+        """Build a plan from its JSON form, checked first (`hf_moe_prune.validation.check_plan_dict`).
+
+        Args:
+            data (`dict`): The parsed JSON of a plan.
+
+        Raises:
+            `TypeError` / `ValueError`: a field has a wrong type or value; the message names it.
+        """
+        check_plan_dict(data)
+        # Only known fields: keys a newer library version added were accepted (with a warning) by the check.
+        block_fields = {f.name for f in fields(BlockPlan)}
+        data = {k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}
+        data["blocks"] = [BlockPlan(**{k: v for k, v in b.items() if k in block_fields}) for b in data["blocks"]]
         return cls(**data)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the plan as JSON; `path` is a file or a folder (then `moe_pruning_plan.json` inside it)."""
         if os.path.isdir(path):
             path = os.path.join(path, PLAN_FILE)
+        data = self.to_dict()
+        for block in data["blocks"]:
+            # NaN/inf scores (NaN weights) are not JSON and are refused on load: written as null, "no score".
+            if block["scores"] is not None:
+                block["scores"] = [s if s is None or math.isfinite(s) else None for s in block["scores"]]
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
+            json.dump(data, f, indent=2)
             f.write("\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PrunePlan:
+        """Read and check a plan; `path` is a plan file or a folder holding `moe_pruning_plan.json`.
+
+        Args:
+            path (`str` or `os.PathLike`): The plan file or its folder.
+
+        Raises:
+            `ValueError`: the file is not valid JSON or not a plan object; `TypeError` / `ValueError`: a field of it
+                is wrong. Every message starts with the file.
+        """
         if os.path.isdir(path):
             path = os.path.join(path, PLAN_FILE)
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (ValueError, RecursionError) as error:  # JSONDecodeError, bad UTF-8, nesting past the recursion limit
+            raise ValueError(f"{path}: not a valid JSON plan file ({type(error).__name__}: {error}).") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object (a pruning plan), got a JSON {type(data).__name__}.")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as error:
+            raise (TypeError if isinstance(error, TypeError) else ValueError)(f"{path}: {error}") from None

@@ -1,18 +1,21 @@
-"""Saving a pruned model: compact weights, patched config, plan JSON and model card, written atomically."""
+"""Saving a pruned model: compact weights, patched config, tokenizer, plan JSON and model card, published atomically
+(`hf_moe_prune.atomic`)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import types
-import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
+from .atomic import publish_folder
 from .config import MoEPruneConfig
 from .plan import PrunePlan
+from .portable import mark_checkpoint
 
 
 def attach_plan(model: nn.Module, plan: PrunePlan) -> None:
@@ -72,46 +75,68 @@ def _push_to_hub(model: nn.Module, repo_id: str, **kwargs):
 _push_to_hub._hf_moe_prune = True
 
 
-def _check_target(target: Path, overwrite: bool) -> None:
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{target} exists and is a file; choose a folder path for the pruned model.")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{target} exists and is not empty; nothing was written. Choose a new folder, or pass overwrite=True "
-            "(the old content is replaced only after the new save has fully succeeded)."
-        )
+def model_sources(model: nn.Module) -> list[str]:
+    """Where `model` was loaded from: its config's `name_or_path` and its plan's `base_model` (folders or Hub ids).
+
+    A save must never replace one of these folders (nor a parent of one): the save would destroy its own source.
+    """
+    plan = getattr(model, "moe_pruning_plan", None)
+    config = getattr(model, "config", None)
+    return [s for s in (getattr(config, "name_or_path", None), getattr(plan, "base_model", None)) if s]
 
 
-def save_pruned(model: nn.Module, save_directory: str | os.PathLike, *args, overwrite: bool = False, **kwargs) -> None:
-    """Save a pruned model into `save_directory` atomically: weights, config, plan JSON and model card.
+def save_pruned(
+    model: nn.Module,
+    save_directory: str | os.PathLike,
+    *args,
+    tokenizer=None,
+    overwrite: bool = False,
+    card: dict[str, Any] | None = None,
+    extra_files: Callable[[Path], None] | None = None,
+    **kwargs,
+) -> None:
+    """Save a pruned model into `save_directory` in one step: weights, config, tokenizer, plan JSON and model card.
 
-    Everything is first written into a temporary sibling folder, which then replaces the target in one rename, so an
-    interrupted save never leaves a half-written model behind.
+    Everything is written into a temporary sibling folder (`.NAME.tmp-*`), which then becomes `save_directory` in one
+    rename (an atomic exchange when replacing, on Linux), so the folder is at every moment absent, the previous
+    model, or the complete new one: never a model without its tokenizer, plan or card. Folders left next to it by
+    interrupted saves are cleaned first (see `hf_moe_prune.atomic`).
 
     Args:
         model (`PreTrainedModel`): A model pruned by `hf_moe_prune.prune` (or loaded with a pruning config).
         save_directory (`str` or `os.PathLike`): Target folder; must be absent or empty unless `overwrite=True`.
-        overwrite (`bool`, *optional*, defaults to `False`): Replace an existing non-empty folder.
+        tokenizer (*optional*): Saved into the same folder (see `save_tokenizer`).
+        overwrite (`bool`, *optional*, defaults to `False`): Replace an existing folder that holds only a model
+            (config, weights, tokenizer, plan, card). Any other file in it (`.git`, a script, notes) makes the save
+            fail before anything is written, as does a target that is the working or home directory, a filesystem
+            root, the folder the model was loaded from, or a parent of one of them.
+        card (`dict`, *optional*): Arguments of `hf_moe_prune.card.write_model_card` (`repo_id`, `quality`, ...).
+        extra_files (`Callable[[Path], None]`, *optional*): Writes more files into the temporary folder.
         kwargs: Passed on to `PreTrainedModel.save_pretrained` (e.g. `max_shard_size`).
+
+    Raises:
+        `FileExistsError`: the target is not empty (without `overwrite`) or holds files other than a model's.
+        `ValueError`: the target is a protected folder or a source of the model (or a parent of one).
     """
     from .card import write_model_card
 
-    target = Path(save_directory).absolute()
-    _check_target(target, overwrite)
     save = type(model).save_pretrained.__get__(model)  # transformers' own, not the wrapper on the instance
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+
+    def write(tmp: Path) -> None:
         save(str(tmp), *args, **kwargs)
         _keep_model_type(model, tmp)
+        if tokenizer is not None:
+            save_tokenizer(tokenizer, tmp)
         plan = getattr(model, "moe_pruning_plan", None)
         if plan is not None:
             plan.save(tmp)
-            write_model_card(tmp, plan, model)
-        _replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            mark_checkpoint(tmp, plan)  # non-portable plans: stock transformers must refuse, never load random weights
+        if extra_files is not None:
+            extra_files(tmp)
+        if plan is not None:
+            write_model_card(tmp, plan, model, **(card or {}))
+
+    publish_folder(save_directory, write, overwrite=overwrite, sources=model_sources(model))
 
 
 def _keep_model_type(model: nn.Module, folder: Path) -> None:
@@ -133,20 +158,6 @@ def _keep_model_type(model: nn.Module, folder: Path) -> None:
     if data.get("model_type") != own:
         data["model_type"] = own
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _replace(tmp: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    backup = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(target, backup)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(backup, target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 def save_tokenizer(tokenizer, save_directory: str | os.PathLike) -> None:

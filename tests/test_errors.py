@@ -128,8 +128,10 @@ def test_non_empty_output_folder_is_never_overwritten(tmp_path):
         model.save_pretrained(target)
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left behind
-    model.save_pretrained(target, overwrite=True)
-    assert not (target / "keep.txt").exists() and (target / "model.safetensors").exists()
+    # overwrite replaces only a folder that holds a model: a stray file is the user's, so nothing is written
+    with pytest.raises(FileExistsError, match=r"does not hold only a model \(keep.txt\)"):
+        model.save_pretrained(target, overwrite=True)
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
 
 
 def test_failed_save_leaves_nothing_half_written(tmp_path, monkeypatch):

@@ -1,0 +1,383 @@
+"""Validation of pruning plans and pruned-checkpoint metadata, before anything is allocated, sliced or calibrated.
+
+A plan file and a checkpoint's `quantization_config` may come from anyone (a Hub repository, a hand-edited JSON file),
+so every field is checked for type, range and size here, and every count is bounded by the model's own tensor shapes
+before any `range(count)` is built from it. Errors name the field as a path into the file (`blocks[3].kept[1]`,
+`quantization_config.experts_per_layer['model.layers.0.mlp']`): `TypeError` for a wrong type, `ValueError` for a
+wrong value.
+
+Unknown keys are refused with the closest valid name (a typo must not be silently ignored), except in a plan whose
+`versions["hf_moe_prune"]` is newer than the installed library: such keys are assumed to be fields a later version
+added, and are ignored with a warning, as `MoEPruneConfig` keeps unknown keys of newer versions readable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import reprlib
+from collections.abc import Mapping
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Generous upper bounds for fields that only the file itself bounds (the largest MoE models have ~100 layers, ~400
+# experts per layer and expert widths of a few thousand neurons); checked before a plan is used or stored.
+MAX_BLOCKS = 4096
+MAX_LAYER_INDEX = 1 << 20
+MAX_EXPERTS = 1 << 16
+MAX_WIDTH = 1 << 20
+MAX_DEPTH = 32  # nesting of the free-form fields (calibration, config, neuron_schedule)
+
+_PLAN_REQUIRED = ("method", "model_type", "blocks")
+_BLOCK_REQUIRED = ("name", "layer_idx", "num_experts", "kept")
+_FREE_FORM = ("calibration", "config", "neuron_schedule")
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60
+
+
+def _show(value: Any) -> str:
+    """A short `repr` (bounded in time and length even for huge or deeply nested values)."""
+    return _repr.repr(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(value: Any, path: str, what: str, low: int, high: int) -> int:
+    if not _is_int(value):
+        raise TypeError(f"{path}: expected {what}, got {_show(value)}")
+    if not low <= value <= high:
+        raise ValueError(f"{path}: expected {what} in [{low}, {high}], got {value}")
+    return value
+
+
+def _check_type(value: Any, types: type | tuple[type, ...], path: str, what: str, optional: bool = False) -> None:
+    if not (isinstance(value, types) or (optional and value is None)):
+        raise TypeError(f"{path}: expected {what}{' or null' if optional else ''}, got {_show(value)}")
+
+
+def _check_number(value: Any, path: str, low: float = -math.inf) -> None:
+    """None, or a finite int/float (JSON has no NaN or infinity) of at least `low`."""
+    if value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{path}: expected a number or null, got {_show(value)}")
+    if not math.isfinite(value) or value < low:
+        raise ValueError(
+            f"{path}: expected a finite number" + (f" >= {low}" if low > -math.inf else "") + f", got {value}"
+        )
+
+
+def _written_by_newer_version(data: Mapping) -> str | None:
+    """The `hf_moe_prune` version that wrote the plan when it is newer than this one, else None."""
+    from packaging.version import InvalidVersion, Version
+
+    from . import __version__
+
+    versions = data.get("versions")
+    written = versions.get("hf_moe_prune") if isinstance(versions, Mapping) else None
+    try:
+        return written if isinstance(written, str) and Version(written) > Version(__version__) else None
+    except InvalidVersion:
+        return None
+
+
+def _check_keys(data: Mapping, allowed: tuple[str, ...], required: tuple[str, ...], path: str, newer: str | None):
+    for key in data:
+        if not isinstance(key, str):
+            raise TypeError(f"{path}: keys must be strings, got {_show(key)}")
+        if key in allowed:
+            continue
+        if newer:  # a field a later version added: readable here, without it
+            logger.warning("%s: ignoring key %r of hf_moe_prune %s (newer than this one).", path, key, newer)
+            continue
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"valid keys are {', '.join(allowed)}."
+        raise ValueError(f"{path}: unknown key {_show(key)}; {hint}")
+    for key in required:
+        if key not in data:
+            raise ValueError(f"{path}: missing key {key!r}.")
+
+
+def _check_json(value: Any, path: str) -> None:
+    """A free-form field holds JSON values nested at most `MAX_DEPTH` deep (iteratively: no recursion limit)."""
+    stack = [(value, path, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"{where}: nested deeper than {MAX_DEPTH} levels.")
+        if isinstance(item, Mapping):
+            for key, child in item.items():
+                _check_type(key, str, where, "string keys")
+                stack.append((child, f"{where}.{key}", depth + 1))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(item))
+        elif not (item is None or isinstance(item, (str, bool, int, float))):
+            raise TypeError(f"{where}: expected a JSON value, got {_show(item)}")
+
+
+def _neuron_expert(key: Any, path: str) -> int:
+    """A `neurons` key as an expert index: an int, or its decimal string (JSON object keys are strings)."""
+    if isinstance(key, str) and key.isascii() and key.isdigit() and str(int(key)) == key:
+        return int(key)
+    if _is_int(key):
+        return key
+    raise TypeError(f"{path}: expected an int expert index as key, got {_show(key)}")
+
+
+def _check_block(block: Any, path: str, newer: str | None = None, scores: bool = True) -> None:
+    from .plan import BlockPlan
+
+    _check_type(block, Mapping, path, "a block object")
+    _check_keys(block, tuple(BlockPlan.__dataclass_fields__), _BLOCK_REQUIRED, path, newer)
+    _check_type(block["name"], str, f"{path}.name", "a module name string")
+    _check_int(block["layer_idx"], f"{path}.layer_idx", "an int layer index", 0, MAX_LAYER_INDEX)
+    num = _check_int(block["num_experts"], f"{path}.num_experts", "an int expert count", 1, MAX_EXPERTS)
+    kept = block["kept"]
+    _check_type(kept, (list, tuple), f"{path}.kept", "a list of expert indices")
+    if not 1 <= len(kept) <= num:
+        raise ValueError(
+            f"{path}.kept: expected between 1 and num_experts={num} expert indices, got {len(kept)}; every MoE layer "
+            "keeps at least its top-k experts."
+        )
+    seen = set()
+    for i, expert in enumerate(kept):
+        if not _is_int(expert):
+            raise TypeError(f"{path}.kept[{i}]: expected an int expert index, got {_show(expert)}")
+        if not 0 <= expert < num:
+            raise ValueError(f"{path}.kept[{i}]: expert index {expert} is out of range [0, {num}).")
+        if expert in seen:
+            raise ValueError(f"{path}.kept[{i}]: expert {expert} is listed twice.")
+        seen.add(expert)
+    if scores and block.get("scores") is not None:
+        _check_type(block["scores"], (list, tuple), f"{path}.scores", "a list of numbers", optional=True)
+        if len(block["scores"]) != num:
+            raise ValueError(f"{path}.scores: expected one score per expert ({num}), got {len(block['scores'])}.")
+        for i, score in enumerate(block["scores"]):
+            _check_number(score, f"{path}.scores[{i}]")
+    width = block.get("intermediate_size")
+    if width is not None:
+        _check_int(width, f"{path}.intermediate_size", "an int width", 1, MAX_WIDTH)
+    neurons = block.get("neurons")
+    _check_type(neurons, Mapping, f"{path}.neurons", "an object {expert: neuron indices}", optional=True)
+    if neurons and width is None:
+        raise ValueError(f"{path}.intermediate_size: required with `neurons` (the experts' width before pruning).")
+    experts = set()
+    for key, chosen in (neurons or {}).items():
+        where = f"{path}.neurons[{_show(key)}]"
+        expert = _neuron_expert(key, where)
+        if expert not in seen:
+            raise ValueError(f"{where}: expert {expert} has a neuron list but is not in kept.")
+        if expert in experts:
+            raise ValueError(f"{where}: expert {expert} is listed twice.")
+        experts.add(expert)
+        _check_type(chosen, (list, tuple), where, "a list of neuron indices")
+        if not 1 <= len(chosen) <= width:
+            raise ValueError(f"{where}: expected between 1 and intermediate_size={width} neurons, got {len(chosen)}.")
+        bad = next((i for i, n in enumerate(chosen) if not _is_int(n)), None)
+        if bad is not None:
+            raise TypeError(f"{where}[{bad}]: expected an int neuron index, got {_show(chosen[bad])}")
+        if min(chosen) < 0 or max(chosen) >= width or len(set(chosen)) != len(chosen):
+            raise ValueError(f"{where}: neuron indices must be distinct and in [0, {width}).")
+
+
+def check_plan_dict(data: Any) -> None:
+    """Check the structure and types of a plan as read from JSON, before a `PrunePlan` is built from it.
+
+    Args:
+        data (`Any`): The parsed JSON of a `moe_pruning_plan.json`.
+
+    Raises:
+        `TypeError`: a field has the wrong type (the message names it, e.g. `blocks[3].kept[1]`).
+        `ValueError`: a field has a wrong value, a size out of bounds, or the key is unknown (with the closest name).
+    """
+    from .plan import PrunePlan
+
+    _check_type(data, Mapping, "plan", "a JSON object")
+    newer = _written_by_newer_version(data)
+    _check_keys(data, tuple(PrunePlan.__dataclass_fields__), _PLAN_REQUIRED, "plan", newer)
+    for key in ("method", "model_type"):
+        _check_type(data[key], str, key, "a string")
+    _check_type(data.get("base_model"), str, "base_model", "a string", optional=True)
+    _check_number(data.get("ratio"), "ratio")
+    _check_number(data.get("stats_seconds"), "stats_seconds", low=0)
+    if data.get("unit", "expert") not in ("expert", "neuron"):
+        raise ValueError(f"unit: expected 'expert' or 'neuron', got {_show(data['unit'])}")
+    for key in _FREE_FORM:
+        if key in data:
+            _check_type(data[key], Mapping, key, "an object", optional=key == "neuron_schedule")
+            _check_json(data[key], key)
+    for key in ("versions", "parameters"):
+        _check_type(data.get(key, {}), Mapping, key, "an object")
+        for name, value in data.get(key, {}).items():
+            if key == "versions":
+                _check_type(value, str, f"{key}.{name}", "a version string")
+            else:
+                _check_int(value, f"{key}.{name}", "an int parameter count", 0, 1 << 62)
+    blocks = data["blocks"]
+    _check_type(blocks, (list, tuple), "blocks", "a list of block objects")
+    if not 1 <= len(blocks) <= MAX_BLOCKS:
+        raise ValueError(f"blocks: expected between 1 and {MAX_BLOCKS} MoE blocks, got {len(blocks)}.")
+    names = set()
+    for i, block in enumerate(blocks):
+        _check_block(block, f"blocks[{i}]", newer)
+        if block["name"] in names:
+            raise ValueError(f"blocks[{i}].name: block {block['name']!r} is listed twice.")
+        names.add(block["name"])
+
+
+def _check_keep(block, kept: int | list[int], path: str) -> None:
+    """`block` can keep `kept` experts (a count, or the indices of a plan): top-k, expert groups, hash routing."""
+    from .allocation import _check_groups, layer_floor
+
+    keep, num, (n_group, _) = (kept if isinstance(kept, int) else len(kept)), block.num_experts, block.groups
+    if keep == num:
+        return
+    if keep > num:
+        raise ValueError(f"{path}: {block.name} has {num} experts and cannot keep {keep}; keep at most {num}.")
+    if block.fixed_routing:
+        raise ValueError(f"{path}: {block.name} picks experts from a fixed table (hash routing): it keeps all {num}.")
+    floor = layer_floor(block)
+    if keep < floor:
+        raise ValueError(
+            f"{path}: {block.name} would keep {keep} of {num} experts but routes every token to top-k={block.top_k} "
+            f"experts{' within expert groups' if n_group > 1 else ''}: keep at least {floor} experts there."
+        )
+    try:
+        _check_groups(block, keep)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    if n_group > 1 and not isinstance(kept, int):  # slicing regroups contiguously: each group must keep as many
+        size = num // n_group
+        counts = [sum(1 for e in kept if e // size == g) for g in range(n_group)]
+        if len(set(counts)) > 1:
+            raise ValueError(
+                f"{path}: {block.name} routes within {n_group} expert groups of {size}; every group must keep "
+                f"{keep // n_group} experts, but they keep {counts}."
+            )
+
+
+def _known(blocks: dict[str, Any], name: Any, path: str):
+    _check_type(name, str, path, "a block name string")
+    if name not in blocks:
+        close = difflib.get_close_matches(name, list(blocks), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else f" It has {len(blocks)} MoE blocks: {_show(list(blocks))}."
+        raise ValueError(f"{path}: names MoE block {name!r}, which this model does not have.{hint}")
+    return blocks[name]
+
+
+def check_plan(plan, blocks: list) -> None:
+    """Check a `PrunePlan` against the model's MoE blocks before any block is touched.
+
+    Every plan block must exist with the same expert count, keep at least the block's floor (its top-k, and the
+    expert-group rules of group-limited routing, with the same number of experts in every group), and narrow its
+    experts within their width; families that share one expert count across layers must keep the same count everywhere.
+
+    Args:
+        plan (`PrunePlan`): The plan to apply.
+        blocks (`list[MoEBlock]`): The model's MoE blocks (`find_blocks(model)`).
+
+    Raises:
+        `TypeError` / `ValueError`: the plan does not fit this model, or would leave a layer unable to route.
+    """
+    from .neurons.layout import neuron_layout
+    from .reshape import check_same_count
+
+    by_name = {b.name: b for b in blocks}
+    if not plan.blocks:
+        raise ValueError("blocks: the plan has no MoE block.")
+    names = set()
+    for i, block_plan in enumerate(plan.blocks):
+        path = f"blocks[{i}]"
+        # Plans built in code skip check_plan_dict: their structure is checked here (not their free-form metadata).
+        fields = vars(block_plan) if hasattr(block_plan, "__dict__") else block_plan
+        _check_block(fields, path, scores=False)
+        if block_plan.name in names:
+            raise ValueError(f"{path}.name: block {block_plan.name!r} is listed twice.")
+        names.add(block_plan.name)
+        block = _known(by_name, block_plan.name, f"{path}.name")
+        if block.num_experts != block_plan.num_experts:
+            raise ValueError(
+                f"{path}: {block.name} has {block.num_experts} experts but the plan was made for "
+                f"{block_plan.num_experts}."
+            )
+        _check_keep(block, block_plan.kept, f"{path}.kept")
+        if block_plan.neurons:
+            width = neuron_layout(block.experts).width
+            if block_plan.intermediate_size != width:
+                raise ValueError(
+                    f"{path}.intermediate_size: the plan was made for experts {block_plan.intermediate_size} neurons "
+                    f"wide, but {block.name}'s are {width}."
+                )
+    check_same_count(blocks[0].adapter, [len(b.kept) for b in plan.blocks])
+
+
+def check_pruned_metadata(blocks: list, experts_per_layer: Any, expert_widths: Any, prefix="quantization_config"):
+    """Check a pruned checkpoint's per-block expert counts and widths against the model skeleton, before it is shrunk.
+
+    Each count must be an int between the block's floor (top-k, expert groups) and the skeleton block's own expert
+    count (the expert dimension of its tensors); each width list holds one int per kept expert, 1 to the experts'
+    intermediate width. Nothing is allocated from these numbers before they pass.
+
+    Args:
+        blocks (`list[MoEBlock]`): The skeleton's MoE blocks.
+        experts_per_layer (`dict[str, int]`, *optional*): `{block name: kept expert count}` from the checkpoint.
+        expert_widths (`dict[str, list[int]]`, *optional*): `{block name: width of every kept expert}`.
+        prefix (`str`, *optional*, defaults to `"quantization_config"`): Where the fields live, for the messages.
+
+    Raises:
+        `TypeError` / `ValueError`: a field has a wrong type or value (the message names it).
+    """
+    by_name = {b.name: b for b in blocks}
+    counts = {}
+    field = f"{prefix}.experts_per_layer"
+    _check_type(experts_per_layer, Mapping, field, "an object {block name: expert count}", optional=True)
+    for name, count in (experts_per_layer or {}).items():
+        path = f"{field}[{_show(name)}]"
+        block = _known(by_name, name, path)
+        # Bounded by the skeleton's own expert count (its config's, the shape of its tensors), never by the file.
+        _check_int(count, path, "an int expert count", 1, block.num_experts)
+        _check_keep(block, count, path)
+        counts[name] = count
+    field = f"{prefix}.expert_widths"
+    _check_type(expert_widths, Mapping, field, "an object {block name: expert widths}", optional=True)
+    for name, widths in (expert_widths or {}).items():
+        path = f"{field}[{_show(name)}]"
+        block = _known(by_name, name, path)
+        _check_type(widths, (list, tuple), path, "a list of expert widths")
+        expected = counts.get(name, block.num_experts)
+        if len(widths) != expected:
+            raise ValueError(f"{path}: expected one width per kept expert ({expected}), got {len(widths)}.")
+        from .neurons.layout import neuron_layout
+
+        try:
+            width = neuron_layout(block.experts).width
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+        for i, value in enumerate(widths):
+            _check_int(value, f"{path}[{i}]", "an int expert width", 1, width)
+
+
+def check_saved_plan(plan, blocks: list, source: str) -> None:
+    """Check that the plan file of a loaded pruned checkpoint describes its weights (a re-save writes its counts).
+
+    Args:
+        plan (`PrunePlan`): The plan read from the checkpoint.
+        blocks (`list[MoEBlock]`): The loaded model's MoE blocks.
+        source (`str`): The plan file, for the messages.
+
+    Raises:
+        `ValueError`: the plan names other blocks or other expert counts than the checkpoint holds.
+    """
+    by_name = {b.name: b for b in blocks}
+    for i, block_plan in enumerate(plan.blocks):
+        block = _known(by_name, block_plan.name, f"{source}: blocks[{i}].name")
+        if block.num_experts != block_plan.num_kept:
+            raise ValueError(
+                f"{source}: blocks[{i}] keeps {block_plan.num_kept} experts of {block.name}, but the checkpoint's "
+                f"weights hold {block.num_experts}: the plan file does not describe this checkpoint."
+            )
