@@ -139,11 +139,21 @@ def _add_prune(sub) -> None:
     pruning.add_argument(
         "--compensation", metavar="NAME", help="kept-expert adjustment: none, fisher, merge (default: the method's)"
     )
-    pruning.add_argument(
+    streaming = pruning.add_mutually_exclusive_group()
+    streaming.add_argument(
         "--streaming",
-        action="store_true",
+        action="store_const",
+        const=True,
+        dest="streaming",
         help="plan layer by layer from the checkpoint files, then read only the kept experts (models larger than "
-        "memory; forward-statistics methods)",
+        "memory; forward-statistics methods). Default: streaming whenever the request allows it",
+    )
+    streaming.add_argument(
+        "--no-streaming",
+        action="store_const",
+        const=False,
+        dest="streaming",
+        help="load the whole model first, then prune it",
     )
     pruning.add_argument(
         "--unit",

@@ -58,10 +58,13 @@ class MoEPruneConfig(QuantizationConfigMixin):
             experts, every expert stays reachable; combine with whole experts through `method_kwargs["drop_experts"]`).
             Defaults to the method's own (`neuron` for `tenp`, `expert` for the others). Neuron allocations are
             `"trapezoid"` (TENP's, its default) and `"uniform"`.
-        streaming (`bool`, *optional*, defaults to `False`):
+        streaming (`bool`, *optional*):
             With `from_pretrained(path, pruning_config=...)`: decide the plan layer by layer from the checkpoint files
             and then read only the kept experts, so the full model is never in memory (see `hf_moe_prune.streaming`;
-            forward-statistics methods only).
+            forward-statistics methods only). `None` (the default) streams whenever the request allows it (a
+            safetensors checkpoint, a method, allocation and compensation that need no whole model, loading options
+            streaming honours) and otherwise loads the whole model first; `True` insists (an error says why it cannot);
+            `False` always loads the whole model first. `prune(model, ...)` on a model in memory never streams.
         propagation (`str`, *optional*, defaults to `"dense"`):
             With `streaming=True`: what each layer sees during calibration: the unpruned previous layers' outputs
             (`"dense"`, the same statistics as a full forward) or the already pruned ones (`"pruned"`).
@@ -86,7 +89,7 @@ class MoEPruneConfig(QuantizationConfigMixin):
         experts_per_layer: dict[str, int] | None = None,
         unit: str | None = None,
         expert_widths: dict[str, list[int]] | None = None,
-        streaming: bool = False,
+        streaming: bool | None = None,
         propagation: str = "dense",
         **kwargs,
     ):
@@ -190,8 +193,8 @@ class MoEPruneConfig(QuantizationConfigMixin):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if not isinstance(self.streaming, bool):
-            raise ValueError(f"streaming must be True or False, got {self.streaming!r}.")
+        if self.streaming is not None and not isinstance(self.streaming, bool):
+            raise ValueError(f"streaming must be True, False or None (automatic), got {self.streaming!r}.")
         if self.propagation not in ("dense", "pruned"):
             raise ValueError(f"propagation must be 'dense' or 'pruned', got {self.propagation!r}.")
         if not all(isinstance(p, (str, int)) and not isinstance(p, bool) for p in self.ignore):

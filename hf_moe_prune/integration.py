@@ -24,6 +24,7 @@ from .plan import PLAN_FILE, PrunePlan
 from .portable import register_marker, stock_config_for
 from .reshape import slice_block
 from .saving import attach_plan
+from .streaming import StreamingRefused
 
 logger = logging.getLogger(__name__)
 
@@ -153,9 +154,15 @@ def _install_from_pretrained() -> None:
                 kwargs["config"] = config
         request = kwargs.get("quantization_config")
         if isinstance(request, MoEPruneConfig) and path is not None and not request.is_pruned_checkpoint:
-            if request.streaming:
-                return _stream(cls, path, request, _without_path(args, kwargs))
-            if _is_pruned_checkpoint(path, kwargs):
+            pruned = _is_pruned_checkpoint(path, kwargs)
+            if request.streaming or (request.streaming is None and not pruned and _streams(cls, path, args, kwargs)):
+                try:
+                    return _stream(cls, path, request, _without_path(args, kwargs))
+                except StreamingRefused as refusal:
+                    if request.streaming:  # asked for: say why not
+                        raise
+                    logger.info("Loading the whole model, then pruning it: %s", refusal)
+            if pruned:
                 # transformers would keep the checkpoint's own pruning config and silently ignore the new request:
                 # load the pruned model as it is, then prune it further.
                 kwargs.pop("quantization_config")
@@ -178,19 +185,56 @@ def _without_path(args: tuple, kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k != "pretrained_model_name_or_path"}
 
 
-def _stream(cls, path, request: MoEPruneConfig, kwargs: dict):
-    """`from_pretrained` with `streaming=True`: plan layer by layer, then load only the kept experts."""
-    from .streaming import stream_prune
+# What Auto* classes pass along, and the loading options streaming honours.
+_STREAM_KWARGS = {"quantization_config", "dtype", "torch_dtype", "device_map", "config", "adapter_kwargs"}
+_STREAM_KWARGS |= {"trust_remote_code", "token", "revision", "cache_dir", "local_files_only"}
 
-    # What Auto* classes pass along, and the loading options streaming honours.
-    known = {"quantization_config", "dtype", "torch_dtype", "device_map", "config", "adapter_kwargs"}
-    known |= {"trust_remote_code", "token", "revision", "cache_dir", "local_files_only"}
-    unsupported = sorted(key for key in set(kwargs) - known if kwargs[key] not in (None, {}, False))
+
+def _stream_kwargs_refusal(kwargs: dict) -> str | None:
+    unsupported = sorted(key for key in set(kwargs) - _STREAM_KWARGS if kwargs[key] not in (None, {}, False))
     if unsupported:
-        raise ValueError(f"from_pretrained(..., streaming pruning) does not take {unsupported}; load without them.")
+        return (
+            f"streaming pruning in from_pretrained does not take {unsupported}: load without them, or pass "
+            "streaming=False to load the whole model first"
+        )
     device = kwargs.get("device_map")
     if (device is not None and not isinstance(device, (str, torch.device))) or device == "auto":
-        raise ValueError("Streaming pruning loads onto one device: give device_map='cpu', 'cuda:0', ... or none.")
+        return "streaming pruning loads onto one device: give device_map='cpu', 'cuda:0', ... or none"
+    return None
+
+
+def _streams(cls, path, args: tuple, kwargs: dict) -> bool:
+    """Whether `streaming=None` (automatic) streams this call: a local safetensors checkpoint or a Hub id, loaded
+    with the class it was saved from (its `architectures`: a base-model class reads other key names), the path alone
+    as positional argument, and only loading options streaming honours. The request itself (method, allocation,
+    family) is checked by `stream_prune` before any weight is read; a refusal falls back to a full load."""
+    import os
+
+    from transformers import PretrainedConfig
+
+    rest = {k: v for k, v in kwargs.items() if k != "pretrained_model_name_or_path"}
+    if len(args) > 1 or _stream_kwargs_refusal(rest):
+        return False
+    path = str(path)
+    if os.path.isdir(path) and not any(name.endswith(".safetensors") for name in os.listdir(path)):
+        return False
+    if os.path.isfile(path):
+        return False
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(path, **{k: kwargs[k] for k in _HUB_KEYS if k in kwargs})
+    except Exception:  # not resolvable here: the full load reports it in its own words
+        return False
+    return cls.__name__ in (config_dict.get("architectures") or [])
+
+
+def _stream(cls, path, request: MoEPruneConfig, kwargs: dict):
+    """`from_pretrained` with streaming: plan layer by layer, then load only the kept experts."""
+    from .streaming import stream_prune
+
+    refusal = _stream_kwargs_refusal(kwargs)
+    if refusal:
+        raise StreamingRefused(refusal[0].upper() + refusal[1:] + ".")
+    device = kwargs.get("device_map")
     hub = {k: kwargs[k] for k in ("token", "revision", "cache_dir", "local_files_only") if k in kwargs}
     model_class = None if getattr(cls, "__name__", "").startswith("Auto") else cls
     dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
@@ -201,6 +245,7 @@ def _stream(cls, path, request: MoEPruneConfig, kwargs: dict):
         propagation=request.propagation,
         dtype=dtype,
         model_class=model_class,
+        model_config=kwargs.get("config"),
         **hub,
     )
     return model.to(device) if device is not None else model

@@ -109,7 +109,7 @@ def unmark_config_dict(config_dict: dict[str, Any]) -> dict[str, Any]:
     for path, value in fields.items():
         if not isinstance(path, str) or isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(
-                f"config.json moe_pruning.stock_config.fields[{path!r}] must be an integer expert count, got {value!r}."
+                f"config.json moe_pruning.stock_config.fields[{path!r}] must be an integer count, got {value!r}."
             )
         try:
             _get(plain, path)

@@ -142,7 +142,7 @@ def test_mark_round_trip_and_damaged_mark():
         unmark_config_dict({"model_type": MARKER})
     broken = json.loads(json.dumps(marked))
     broken["moe_pruning"]["stock_config"]["fields"]["num_experts"] = "12"
-    with pytest.raises(TypeError, match=r"fields\['num_experts'\] must be an integer expert count"):
+    with pytest.raises(TypeError, match=r"fields\['num_experts'\] must be an integer count"):
         unmark_config_dict(broken)
 
 
@@ -299,3 +299,36 @@ def test_sample_text_still_prunes():
     config = MoEPruneConfig("reap", 0.5, calibration=[SAMPLE_TEXT] * 4, seq_len=32)
     plan = hf_moe_prune.prune(tiny_model("qwen3_moe"), config, tokenizer=tiny_tokenizer(), progress=False)
     assert [b.num_kept for b in plan.blocks] == [4, 4]
+
+
+def test_from_pretrained_streams_when_it_can(checkpoints):
+    """Pruning while loading peaked at ~9x the pruned size: it now streams by default whenever the request allows."""
+    path = checkpoints["qwen3_moe"]
+    config = MoEPruneConfig("reap", 0.5, calibration=CALIBRATION)
+    auto = AutoModelForCausalLM.from_pretrained(path, pruning_config=config, attn_implementation="eager")
+    assert "streaming" in auto.moe_pruning_plan.calibration
+    assert auto.config._attn_implementation == "eager"  # the options Auto* classes fold into the config still hold
+    full = AutoModelForCausalLM.from_pretrained(
+        path, pruning_config=MoEPruneConfig("reap", 0.5, calibration=CALIBRATION, streaming=False)
+    )
+    assert "streaming" not in full.moe_pruning_plan.calibration
+    assert [b.kept for b in auto.moe_pruning_plan.blocks] == [b.kept for b in full.moe_pruning_plan.blocks]
+    ids = torch.randint(1, 300, (1, 12))
+    torch.testing.assert_close(_logits(auto, ids), _logits(full, ids), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options, kwargs",
+    [
+        ({"method": "frequency", "ratio": 0.5, "allocation": "outlier"}, {}),  # reads block inputs: whole model
+        ({"method": "reap", "ratio": 0.5}, {"ignore_mismatched_sizes": True}),  # an option streaming does not take
+        ({"method": "reap", "ratio": 0.5}, {"device_map": "auto"}),
+    ],
+)
+def test_automatic_streaming_falls_back_to_a_full_load(checkpoints, options, kwargs):
+    config = MoEPruneConfig(calibration=CALIBRATION, **options)
+    model = AutoModelForCausalLM.from_pretrained(checkpoints["qwen3_moe"], pruning_config=config, **kwargs)
+    assert "streaming" not in model.moe_pruning_plan.calibration
+    with pytest.raises(ValueError, match="Streaming|streaming"):
+        config.streaming = True
+        AutoModelForCausalLM.from_pretrained(checkpoints["qwen3_moe"], pruning_config=config, **kwargs)

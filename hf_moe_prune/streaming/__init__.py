@@ -23,6 +23,7 @@ dropped experts) need the whole model; they are refused with that reason. Requir
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import time
@@ -35,7 +36,7 @@ from ..calibration.runner import peak_rss_kib
 from ..calibration.stats import LayerStats
 from ..config import MoEPruneConfig
 from ..reshape import check_same_count, set_expert_count
-from .checkpoint import Checkpoint, Loader
+from .checkpoint import Checkpoint, Loader, StreamingRefused, check_against_config
 from .layers import calibrate, decoder_layers, load_compact
 
 PROPAGATIONS = ("dense", "pruned")
@@ -59,15 +60,88 @@ def _skeleton(model_config, dtype, model_class=None):
     try:
         return transformers.AutoModelForCausalLM.from_config(model_config, dtype=dtype)
     except ValueError as error:
-        raise ValueError(
+        raise StreamingRefused(
             f"Streaming cannot tell which model class builds this {model_config.model_type} checkpoint (its config "
             "names no `architectures`): pass `model_class=` to `stream_prune`, or load with that class's "
             "`from_pretrained`."
         ) from error
 
 
-def _check_streamable(config: MoEPruneConfig, method, propagation: str, blocks) -> None:
+FORWARD_ONLY = "reap, ean, frequency, soft_count, random, tenp"
+
+
+def pruned_checkpoint_refusal(model_config) -> str | None:
+    """Why the checkpoint `model_config` describes cannot be re-pruned by streaming, or None for a stock checkpoint.
+
+    A checkpoint saved by this library with per-layer expert counts or neuron widths (`quantization_config` with
+    `quant_method="moe_prune"` and `experts_per_layer` / `expert_widths`) holds fewer or narrower experts than its
+    family's config builds; streaming reads stock layouts only. Uniformly pruned checkpoints are stock and stream.
+    """
+    for config in _configs(model_config):
+        quant = getattr(config, "quantization_config", None)
+        if quant is None:
+            continue
+        field = quant.get if isinstance(quant, dict) else lambda key, q=quant: getattr(q, key, None)
+        if field("quant_method") != "moe_prune":
+            continue
+        if field("expert_widths"):
+            return (
+                "This checkpoint is already neuron-pruned (its quantization_config has expert_widths: experts of "
+                "different widths, stored as experts.groups.*); pruning it again is not supported, with or without "
+                "streaming. Prune the original checkpoint once instead, combining units with method_kwargs="
+                "{'drop_experts': ...} if you want both; to use this one as it is, load it with from_pretrained(path) "
+                "without pruning_config."
+            )
+        if field("experts_per_layer"):
+            return (
+                "This checkpoint is already pruned with per-layer expert counts (quantization_config."
+                "experts_per_layer); streaming re-pruning needs a stock checkpoint. Load it with "
+                "from_pretrained(path) (no streaming) and call hf_moe_prune.prune(model, cfg), or pass "
+                "pruning_config=MoEPruneConfig(..., streaming=False)."
+            )
+    return None
+
+
+def _configs(model_config):
+    """`model_config` and its sub-configs (text, thinker, ...), where a pruning config may sit."""
+    yield model_config
+    for key in getattr(model_config, "sub_configs", None) or {}:
+        sub = getattr(model_config, key, None)
+        if sub is not None and hasattr(sub, "to_dict"):
+            yield from _configs(sub)
+
+
+def streaming_refusal(
+    config: MoEPruneConfig, method, blocks, *, propagation: str | None = None, model_config=None
+) -> str | None:
+    """Why the pruning job cannot run streaming (plan before load), or None when it can.
+
+    Pure and cheap: reads the request, the method and the blocks found on a meta skeleton, never a weight or a file.
+    `from_pretrained` can call it to choose streaming automatically and fall back to a full load on a reason.
+
+    Args:
+        config (`MoEPruneConfig`): The pruning request.
+        method: The method's registry entry (`PruneJob.method`: `.name`, `.fit`).
+        blocks (`list`): The MoE blocks of the model (`PruneJob.blocks`, as `prepare` finds them on a meta skeleton).
+        propagation (`str`, *optional*): `"dense"` or `"pruned"`; defaults to `config.propagation`.
+        model_config (`PretrainedConfig`, *optional*): The checkpoint's config (`AutoConfig.from_pretrained(path)`);
+            when given, encoder-decoder models and checkpoints this library already pruned non-uniformly (per-layer
+            counts, neuron widths) are refused too.
+
+    Returns:
+        `str | None`: A sentence naming every reason and the fix (the text `stream_prune` raises as
+        `StreamingRefused`, a `ValueError`), or None. What only the files can tell is checked by `stream_prune`
+        before any layer is calibrated, not here: no safetensors files (`StreamingRefused`), tensors that do not fit
+        the config (a plain `ValueError`: the checkpoint is broken, a full load fails on it too).
+    """
+    if model_config is not None:
+        refusal = pruned_checkpoint_refusal(model_config)
+        if refusal is not None:
+            return refusal
+    propagation = getattr(config, "propagation", "dense") if propagation is None else propagation
     reasons = []
+    if model_config is not None and getattr(model_config, "is_encoder_decoder", False):
+        reasons.append("it is an encoder-decoder model (streaming runs one stack of decoder layers)")
     if method.fit is not None:
         reasons.append(f"method {method.name!r} needs gradients through the whole model")
     if config.allocation in ("evolutionary", "outlier"):
@@ -81,7 +155,6 @@ def _check_streamable(config: MoEPruneConfig, method, propagation: str, blocks) 
         reasons.append("its layers hold several expert groups that share one count (text and vision experts)")
     if any(b.adapter.more_experts for b in blocks):
         reasons.append("its experts' weights are split over several modules")
-
     if any(b.adapter.layer_state for b in blocks):
         reasons.append("its decoder layers pass state besides hidden states from one to the next")
     if propagation not in PROPAGATIONS:
@@ -92,11 +165,18 @@ def _check_streamable(config: MoEPruneConfig, method, propagation: str, blocks) 
             "pruned-prefix propagation decides layer by layer: it needs unit='expert' and uniform or explicit "
             "per-layer counts"
         )
-    if reasons:
-        raise ValueError(
-            "Streaming (plan before load) cannot do this: " + "; ".join(reasons) + ". Load the model first and prune "
-            "it (streaming=False), or choose a forward-only method (reap, ean, frequency, soft_count, random, tenp)."
-        )
+    if not reasons:
+        return None
+    return (
+        "Streaming (plan before load) cannot do this: " + "; ".join(reasons) + ". Load the model first and prune "
+        f"it (streaming=False), or choose a forward-only method ({FORWARD_ONLY})."
+    )
+
+
+def _check_streamable(config: MoEPruneConfig, method, propagation: str, blocks) -> None:
+    refusal = streaming_refusal(config, method, blocks, propagation=propagation)
+    if refusal is not None:
+        raise StreamingRefused(refusal)
 
 
 def _resolve(path: str, **hub_kwargs) -> str:
@@ -117,6 +197,7 @@ def stream_prune(
     dtype: torch.dtype | str | None = None,
     progress: bool = True,
     model_class: type | None = None,
+    model_config=None,
     **hub_kwargs,
 ):
     """Prune the checkpoint at `path` without loading the full model and return the compact model, ready to save.
@@ -131,6 +212,8 @@ def stream_prune(
         dtype (`torch.dtype` or `str`, *optional*): Weights' dtype; defaults to the checkpoint's.
         progress (`bool`, *optional*, defaults to `True`): Progress bars, with peak memory and time per stage.
         model_class (*optional*): The model class; defaults to `AutoModelForCausalLM`'s choice for the config.
+        model_config (`PretrainedConfig`, *optional*): The checkpoint's config as the caller built it (e.g. with an
+            `attn_implementation`); defaults to `AutoConfig.from_pretrained(path)`.
 
     Returns:
         `PreTrainedModel`: the compact model, with its plan attached (`model.moe_pruning_plan`).
@@ -142,9 +225,15 @@ def stream_prune(
 
     start = time.perf_counter()
     folder = _resolve(path, **hub_kwargs)
-    model_config = AutoConfig.from_pretrained(folder)
+    if model_config is None:
+        model_config = AutoConfig.from_pretrained(folder)
+    else:  # the caller's (from_pretrained's, with its attn_implementation, ...): never modified
+        model_config = copy.deepcopy(model_config)
+    refusal = pruned_checkpoint_refusal(model_config)
+    if refusal is not None:
+        raise StreamingRefused(f"Cannot stream-prune {path}: {refusal}")
     if getattr(model_config, "is_encoder_decoder", False):
-        raise ValueError(
+        raise StreamingRefused(
             f"Streaming (plan before load) runs one stack of decoder layers; {model_config.model_type} is an "
             "encoder-decoder model. Load it first and prune it (streaming=False)."
         )
@@ -164,6 +253,8 @@ def stream_prune(
     params_before = sum(p.numel() for p in model.parameters())
     checkpoint = Checkpoint(folder)
     loader = Loader(model, folder, dtype)
+    # A config that disagrees with the weights would otherwise leave meta parameters that fail deep in a kernel.
+    check_against_config(model, checkpoint, loader, path)
     layers_name, layers = decoder_layers(model, job.blocks)
     groups: dict[int | None, dict[str, str]] = {}
     for key in checkpoint.keys:

@@ -17,7 +17,8 @@ from ..calibration.runner import peak_memory
 from ..calibration.stats import LayerStats
 from ..plan import PrunePlan
 from ..reshape import mask_experts, slice_block
-from .checkpoint import EXPERT_INDEX, KeptRows, release, trim
+from .checkpoint import EXPERT_INDEX, KeptRows, StreamingRefused, release, trim
+from .kernels import RowBuckets
 
 
 class _StopForward(Exception):
@@ -29,7 +30,7 @@ def decoder_layers(model: nn.Module, blocks) -> tuple[str, nn.ModuleList]:
     name = re.match(r"^(.*)\.\d+(?:\.|$)", blocks[0].name + ".").group(1)
     layers = model.get_submodule(name)
     if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"{name} is not a list of decoder layers; streaming does not support this model layout.")
+        raise StreamingRefused(f"{name} is not a list of decoder layers; streaming does not support this layout.")
     return name, layers
 
 
@@ -97,9 +98,8 @@ def calibrate(model, job, layers, groups, checkpoint, loader, requires, propagat
         for observer in observers:
             observer.attach()
         try:
-            # oneDNN keeps per-weight state for every layer it has seen (measured: ~0.1 GB per bf16 layer that is never
-            # freed), which would grow with depth here where each layer's weights are new; the plain kernels do not.
-            with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
+            # oneDNN caches state per product shape; bucketed row counts keep that bounded whatever the depth
+            with torch.no_grad(), RowBuckets():
                 outputs = [_run_layer(layer, h, *captured[b][i]) for b, h in enumerate(hidden)]
         finally:
             for observer in observers:
@@ -114,7 +114,7 @@ def calibrate(model, job, layers, groups, checkpoint, loader, requires, propagat
                 scores = job.method.score(stats[block.name], generator, **method_kwargs).double()
                 decided[block.name] = select_experts(scores, counts[block.name], block.groups[0])
             kept_so_far.update(decided)
-            with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), mask_experts(by_layer[i], decided):
+            with torch.no_grad(), RowBuckets(), mask_experts(by_layer[i], decided):
                 outputs = [_run_layer(layer, h, *captured[b][i]) for b, h in enumerate(hidden)]
         hidden = outputs
         release(layer)
