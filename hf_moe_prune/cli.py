@@ -21,7 +21,6 @@ from . import cli_commands as commands
 from . import cli_report
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-BUILTIN_METHODS = "frequency, soft_count, ean, reap, random"
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 
 EPILOG = """\
@@ -121,7 +120,11 @@ def _add_prune(sub) -> None:
     )
     _add_model(prune)
     pruning = prune.add_argument_group("pruning")
-    pruning.add_argument("--method", default="reap", metavar="NAME", help=f"{BUILTIN_METHODS} (default: reap)")
+    from .methods import METHODS  # the registry: every method, also ones registered by a plug-in before main()
+
+    pruning.add_argument(
+        "--method", default="reap", metavar="NAME", help=f"{', '.join(METHODS.names())} (default: reap)"
+    )
     budget = pruning.add_mutually_exclusive_group()
     budget.add_argument(
         "--ratio",

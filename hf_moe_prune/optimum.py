@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import QUANT_METHOD
+from .portable import unmark_config_dict
 
 ACCELERATORS = {"openvino": "openvino", "ov": "openvino", "ort": "ort", "onnxruntime": "ort"}
 TASK = "text-generation"
@@ -101,7 +102,8 @@ def _read_config(path: Path) -> dict[str, Any]:
             f"{path} is not a checkpoint folder (no config.json). Pass the folder a pruned model was saved to; "
             "Hub ids are not resolved here: download the repository first."
         )
-    return json.loads(file.read_text(encoding="utf-8"))
+    # a checkpoint only hf_moe_prune loads carries a marked config (`hf_moe_prune.portable`): read the family's own
+    return unmark_config_dict(json.loads(file.read_text(encoding="utf-8")))
 
 
 def is_non_uniform(config: dict[str, Any]) -> bool:

@@ -11,6 +11,32 @@ from typing import Any
 from .validation import check_plan_dict
 
 PLAN_FILE = "moe_pruning_plan.json"
+# Version of the saved plan and of config.json's `moe_pruning` block. Raise it when a change means an older library
+# would read a checkpoint wrongly; readers refuse a newer version (`check_format_version`), older ones still load.
+FORMAT_VERSION = 1
+
+
+def check_format_version(value, where: str) -> None:
+    """Refuse a plan or `moe_pruning` block written in a newer format than this library reads.
+
+    Args:
+        value: The `format_version` found (None or absent: written before versions existed, read as version 1).
+        where (`str`): What holds it, for the message (a file path, `config.json moe_pruning`).
+
+    Raises:
+        `TypeError`: the version is not an int. `ValueError`: it is newer than `FORMAT_VERSION`, or below 1.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{where}: format_version must be an int, got {value!r}.")
+    if value > FORMAT_VERSION:
+        raise ValueError(
+            f"{where}: written in pruning format {value} by a newer hf_moe_prune; this one (format {FORMAT_VERSION}) "
+            "would read it wrongly. Upgrade: pip install -U hf-moe-prune."
+        )
+    if value < 1:
+        raise ValueError(f"{where}: format_version must be at least 1, got {value}.")
 
 
 @dataclass
@@ -68,6 +94,7 @@ class PrunePlan:
     parameters: dict[str, int] = field(default_factory=dict)
     unit: str = "expert"
     neuron_schedule: dict[str, Any] | None = None
+    format_version: int = FORMAT_VERSION
 
     @property
     def is_uniform(self) -> bool:
@@ -103,6 +130,7 @@ class PrunePlan:
             "kept_experts": {b.name: b.kept for b in self.blocks},
             **({"unit": self.unit, "expert_widths": self.expert_widths} if self.expert_widths else {}),
             "plan_file": PLAN_FILE,
+            "format_version": FORMAT_VERSION,
             "library": "hf_moe_prune",
             "version": self.versions.get("hf_moe_prune"),
         }

@@ -95,6 +95,7 @@ def unmark_config_dict(config_dict: dict[str, Any]) -> dict[str, Any]:
     """
     if not is_marked(config_dict):
         return config_dict
+    check_config_format(config_dict)
     stock = (config_dict.get("moe_pruning") or {}).get("stock_config")
     if not isinstance(stock, dict) or not isinstance(stock.get("model_type"), str):
         raise ValueError(
@@ -163,3 +164,12 @@ def stock_config_for(model_class, path, hub_kwargs: dict[str, Any]):
     if not is_marked(config_dict):
         return None
     return model_class.config_class.from_dict(unmark_config_dict(config_dict))
+
+
+def check_config_format(config_dict: dict[str, Any]) -> None:
+    """Refuse a config.json whose `moe_pruning` block was written in a newer format than this library reads."""
+    from .plan import check_format_version
+
+    block = config_dict.get("moe_pruning") if isinstance(config_dict, dict) else None
+    if isinstance(block, dict):
+        check_format_version(block.get("format_version"), "config.json moe_pruning")

@@ -195,9 +195,10 @@ def check_plan_dict(data: Any) -> None:
         `TypeError`: a field has the wrong type (the message names it, e.g. `blocks[3].kept[1]`).
         `ValueError`: a field has a wrong value, a size out of bounds, or the key is unknown (with the closest name).
     """
-    from .plan import PrunePlan
+    from .plan import PrunePlan, check_format_version
 
     _check_type(data, Mapping, "plan", "a JSON object")
+    check_format_version(data.get("format_version"), "format_version")  # before anything a newer format may change
     newer = _written_by_newer_version(data)
     _check_keys(data, tuple(PrunePlan.__dataclass_fields__), _PLAN_REQUIRED, "plan", newer)
     for key in ("method", "model_type"):

@@ -332,3 +332,21 @@ def test_automatic_streaming_falls_back_to_a_full_load(checkpoints, options, kwa
     with pytest.raises(ValueError, match="Streaming|streaming"):
         config.streaming = True
         AutoModelForCausalLM.from_pretrained(checkpoints["qwen3_moe"], pruning_config=config, **kwargs)
+
+
+def test_newer_format_is_refused_and_older_still_loads(tmp_path):
+    _prune_and_save("qwen3_moe", tmp_path / "p", method="reap", allocation=[6, 4])
+    plan_file, config_file = tmp_path / "p" / "moe_pruning_plan.json", tmp_path / "p" / "config.json"
+    plan, config = json.loads(plan_file.read_text()), json.loads(config_file.read_text())
+    assert plan["format_version"] == 1 and config["moe_pruning"]["format_version"] == 1
+    del plan["format_version"]  # a plan written before format versions existed
+    plan_file.write_text(json.dumps(plan))
+    assert hf_moe_prune.PrunePlan.load(tmp_path / "p").format_version == 1
+    plan["format_version"] = 2
+    plan_file.write_text(json.dumps(plan))
+    with pytest.raises(ValueError, match="format 2 by a newer hf_moe_prune.*pip install -U hf-moe-prune"):
+        hf_moe_prune.PrunePlan.load(tmp_path / "p")
+    config["moe_pruning"]["format_version"] = 2
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="config.json moe_pruning: written in pruning format 2"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "p")
