@@ -205,8 +205,8 @@ def _stream_kwargs_refusal(kwargs: dict) -> str | None:
 
 def _streams(cls, path, args: tuple, kwargs: dict) -> bool:
     """Whether `streaming=None` (automatic) streams this call: a local safetensors checkpoint or a Hub id, loaded
-    with the class it was saved from (its `architectures`: a base-model class reads other key names), the path alone
-    as positional argument, and only loading options streaming honours. The request itself (method, allocation,
+    with the class it was saved from (its `architectures`: a base-model class reads other key names) onto the CPU,
+    the path alone as positional argument, and only loading options streaming honours. The request itself (method, allocation,
     family) is checked by `stream_prune` before any weight is read; a refusal falls back to a full load."""
     import os
 
@@ -215,6 +215,8 @@ def _streams(cls, path, args: tuple, kwargs: dict) -> bool:
     rest = {k: v for k, v in kwargs.items() if k != "pretrained_model_name_or_path"}
     if len(args) > 1 or _stream_kwargs_refusal(rest):
         return False
+    if str(kwargs.get("device_map") or "cpu") != "cpu":
+        return False  # streaming calibrates on the CPU: a model headed for an accelerator calibrates there instead
     path = str(path)
     if os.path.isdir(path) and not any(name.endswith(".safetensors") for name in os.listdir(path)):
         return False

@@ -350,3 +350,13 @@ def test_newer_format_is_refused_and_older_still_loads(tmp_path):
     config_file.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="config.json moe_pruning: written in pruning format 2"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "p")
+
+
+def test_automatic_streaming_only_for_cpu_targets(checkpoints):
+    from hf_moe_prune.integration import _streams
+
+    path = checkpoints["qwen3_moe"]
+    assert _streams(Qwen3MoeForCausalLM, path, (path,), {})
+    assert _streams(Qwen3MoeForCausalLM, path, (path,), {"device_map": "cpu"})
+    assert not _streams(Qwen3MoeForCausalLM, path, (path,), {"device_map": "cuda:0"})  # calibrates on the GPU instead
+    assert not _streams(transformers.Qwen3MoeModel, path, (path,), {})  # a base-model class reads other key names
