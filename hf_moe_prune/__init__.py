@@ -13,6 +13,7 @@ from .hub import push_to_hub  # noqa: E402
 from .integration import MoEPruneHfQuantizer, register  # noqa: E402
 from .methods import METHODS, register_method  # noqa: E402
 from .plan import BlockPlan, PrunePlan  # noqa: E402
+from .registries import ALLOCATIONS, COMPENSATIONS, register_allocation, register_compensation  # noqa: E402
 from .saving import save_pruned  # noqa: E402
 from .streaming import stream_prune  # noqa: E402
 
@@ -20,6 +21,8 @@ register()
 
 __all__ = [
     "ADAPTERS",
+    "ALLOCATIONS",
+    "COMPENSATIONS",
     "METHODS",
     "BlockPlan",
     "MoEAdapter",
@@ -31,6 +34,8 @@ __all__ = [
     "find_blocks",
     "prune",
     "push_to_hub",
+    "register_allocation",
+    "register_compensation",
     "register_method",
     "save_pruned",
     "stream_prune",

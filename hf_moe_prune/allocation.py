@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Callable
 
 import torch
 
 from .adapters import MoEBlock
 from .config import MoEPruneConfig
-from .registry import Registry
+from .registries import ALLOCATIONS, register_allocation
 
 
 def is_ignored(block: MoEBlock, ignore: list[str | int]) -> bool:
@@ -126,7 +125,6 @@ def select_experts(scores: torch.Tensor, keep: int, n_group: int = 1) -> list[in
 # Every allocator returns counts that respect each layer's floor (≥ top-k and the expert-group rules) and sum to
 # `budget` exactly; `fit_budget` does the rounding repair.
 
-ALLOCATIONS: Registry[Callable] = Registry("allocation")
 
 
 def total_budget(blocks: list[MoEBlock], config: MoEPruneConfig) -> int:
@@ -201,7 +199,7 @@ def _global_rank(blocks, normalized: dict[str, torch.Tensor], budget: int) -> di
     return fit_budget(blocks, {k: float(v) for k, v in counts.items()}, budget)
 
 
-@ALLOCATIONS.register("uniform")
+@register_allocation("uniform", units=("expert", "neuron"))
 def uniform_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
     """Today's behaviour: every layer removes floor(ratio × E_l) (rounded to whole expert groups). The total is the
     exact global budget whenever ratio × E_l is whole (and layers have equal E); otherwise per-layer rounding can
@@ -213,7 +211,7 @@ def uniform_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
     return keep_counts(blocks, config)
 
 
-@ALLOCATIONS.register("global")
+@register_allocation("global")
 def global_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
     """Scores normalized per layer (divided by the layer's mean, so every layer's scores average 1 and layers with
     a few dominant experts give up their weak ones first), then ranked across layers under one budget."""
@@ -224,7 +222,7 @@ def global_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
     return _global_rank(blocks, normalized, budget)
 
 
-@ALLOCATIONS.register("learned")
+@register_allocation("learned")
 def learned_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
     """Raw scores ranked across layers (for methods whose scores are already comparable between layers, e.g. DiEP's
     learned σ(α + β) keep probabilities)."""

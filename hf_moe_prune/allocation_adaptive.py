@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .allocation import ALLOCATIONS, fit_budget, layer_floor, select_experts
+from .allocation import fit_budget, layer_floor, select_experts
+from .registries import register_allocation
 from .reshape import mask_experts
 
 
@@ -32,7 +33,7 @@ def input_weights(block) -> torch.Tensor:
     raise ValueError(f"{block.name}: cannot find the experts' input projection (an [E, rows, {hidden}] weight).")
 
 
-@ALLOCATIONS.register("outlier")
+@register_allocation("outlier", needs_inputs=True, distributed=False)
 def outlier_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
     """COMPEL's layer importance, read as OWL (Yin et al. 2024): layers with more weight outliers keep more experts.
 
@@ -80,7 +81,7 @@ def _agreement(model, blocks, scores, counts, rows, teacher) -> float:
     return total / len(teacher)
 
 
-@ALLOCATIONS.register("evolutionary")
+@register_allocation("evolutionary", reads_model=True)
 def evolutionary_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
     """EvoESAP-style search over per-layer keep counts (Liu et al., arXiv 2603.06003).
 

@@ -13,7 +13,7 @@ from .adapters import MoEBlock, find_blocks, get_adapter, text_config
 from .allocation import allocate, check_budget, check_removes_experts, keep_counts, select_experts
 from .calibration import LayerStats, calibration_rows, collect_stats, describe
 from .calibration.distributed import broadcast_plan
-from .compensation import COMPENSATIONS, BlockInputRecorder, CompensationContext, check_compensation, needs_inputs
+from .compensation import BlockInputRecorder, CompensationContext, check_compensation
 from .config import MoEPruneConfig
 from .methods import METHODS, ScoringMethod
 from .neurons import NEURON_SCORES, SCHEDULE_KEYS, WidthGroupedExperts, narrow_experts, neuron_plan, schedule_options
@@ -21,6 +21,7 @@ from .neurons.layout import neuron_layout
 from .neurons.schedule import check_schedule
 from .offload import onloaded
 from .plan import BlockPlan, PrunePlan
+from .registries import ALLOCATIONS, COMPENSATIONS
 from .reshape import check_same_count, set_expert_count, slice_block
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
         check_removes_experts(blocks, config, counts)
         check_same_count(blocks[0].adapter, counts.values(), config.allocation)
     check_compensation(config.compensation, blocks)
-    if needs_inputs(config.compensation) and not all(b.adapter.standalone for b in blocks):
+    if COMPENSATIONS.get(config.compensation).needs_inputs and not all(b.adapter.standalone for b in blocks):
         raise ValueError(
             f"compensation={config.compensation!r} re-runs each MoE block on its own, but a "
             f"{blocks[0].adapter.model_type} block is a whole decoder layer: use compensation='none' or 'merge'."
@@ -129,10 +130,11 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
     """Calibrate, score, allocate, compensate and reshape `model` in place; return the plan."""
     config, method = job.config, job.method
     start = time.perf_counter()
-    wants_inputs = needs_inputs(config.compensation)
+    wants_inputs = COMPENSATIONS.get(config.compensation).needs_inputs
     requires, _, _ = statistics_needed(job)
     recorder = None
-    if job.rows is not None and (wants_inputs or config.allocation == "outlier"):
+    allocator = ALLOCATIONS.get(config.allocation) if isinstance(config.allocation, str) else None
+    if job.rows is not None and (wants_inputs or (allocator is not None and allocator.needs_inputs)):
         recorder = BlockInputRecorder(job.blocks, len(job.rows), config.batch_size, seed=config.seed)
     if job.rows is not None:
         stats = collect_stats(

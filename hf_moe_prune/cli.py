@@ -133,14 +133,18 @@ def _add_prune(sub) -> None:
         help="fraction of experts removed (with --unit neuron: of routed-expert parameters) (default: 0.5)",
     )
     budget.add_argument("--num-experts-to-keep", type=_positive, metavar="N", help="experts each MoE layer keeps")
+    from .registries import ALLOCATIONS, COMPENSATIONS, names_for
+
     pruning.add_argument(
         "--allocation",
         metavar="NAME|COUNTS",
-        help="uniform, global, outlier, learned, evolutionary (experts), trapezoid (neurons), or keep counts per "
-        "layer: 12,10,10,8 or 0:12,3:8 (default: the method's own)",
+        help=f"{', '.join(names_for(ALLOCATIONS, 'expert'))} (experts), {', '.join(names_for(ALLOCATIONS, 'neuron'))} "
+        "(neurons), or keep counts per layer: 12,10,10,8 or 0:12,3:8 (default: the method's own)",
     )
     pruning.add_argument(
-        "--compensation", metavar="NAME", help="kept-expert adjustment: none, fisher, merge (default: the method's)"
+        "--compensation",
+        metavar="NAME",
+        help=f"kept-expert adjustment: {', '.join(COMPENSATIONS.names())} (default: the method's)",
     )
     streaming = pruning.add_mutually_exclusive_group()
     streaming.add_argument(

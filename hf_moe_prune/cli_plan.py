@@ -30,7 +30,10 @@ def run_plan_apply(args: argparse.Namespace) -> dict[str, Any]:
     plan = load_plan(args.plan)
     base = args.base_model or plan.base_model
     push = push_function() if args.push_to_hub else None
-    if plan.config.get("compensation", "none") != "none":
+    from .registries import COMPENSATIONS
+
+    compensation = plan.config.get("compensation") or "none"
+    if compensation in COMPENSATIONS and COMPENSATIONS.get(compensation).changes_weights:
         log(f"warning: compensation {plan.config['compensation']!r} of the plan needs calibration; not replayed.")
     log(f"Applying {args.plan} to {base} ...")
     tokenizer = AutoTokenizer.from_pretrained(base)

@@ -134,10 +134,7 @@ class MoEPruneConfig(QuantizationConfigMixin):
 
     def post_init(self) -> None:
         """Check every field and raise a `ValueError` that names the problem and the fix."""
-        from .allocation import ALLOCATIONS
-        from .compensation import COMPENSATIONS
-        from .methods import METHODS
-        from .neurons.schedule import NEURON_ALLOCATIONS
+        from .registries import ALLOCATIONS, COMPENSATIONS, METHODS, UNITS, names_for
 
         for name in ("method", "allocation", "compensation", "unit", "propagation"):
             value = getattr(self, name)
@@ -148,25 +145,39 @@ class MoEPruneConfig(QuantizationConfigMixin):
         method = METHODS.get(self.method)  # raises with the list of methods
         if self.unit is None:
             self.unit = method.unit
-        if self.unit not in ("expert", "neuron"):
+        if self.unit not in UNITS:
             raise ValueError(f"unit must be 'expert' (whole experts) or 'neuron' (expert neurons), got {self.unit!r}.")
-        if self.allocation is None:  # the method's own default (uniform for scoring-only methods)
-            self.allocation = method.default_allocation
-            if self.unit == "expert" and self.allocation in NEURON_ALLOCATIONS:
-                self.allocation = "uniform"
+        if self.allocation is None:  # the method's own default, if it serves this unit (else uniform)
+            default = ALLOCATIONS.get(method.default_allocation)
+            self.allocation = default.name if self.unit in default.units else "uniform"
         if self.compensation is None:
-            self.compensation = method.default_compensation if self.unit == "expert" else "none"
-        COMPENSATIONS.get(self.compensation)
+            default = COMPENSATIONS.get(method.default_compensation)
+            self.compensation = default.name if self.unit in default.units else "none"
+        if not isinstance(self.compensation, str):
+            raise TypeError(f"compensation must be a name, got {self.compensation!r}.")
+        compensator = COMPENSATIONS.get(self.compensation)  # raises with the list of compensations
+        if self.unit not in compensator.units:
+            raise ValueError(
+                f"compensation={self.compensation!r} does not work with unit={self.unit!r}; use "
+                + " or ".join(f"compensation={name!r}" for name in names_for(COMPENSATIONS, self.unit))
+                + "."
+            )
         explicit = not isinstance(self.allocation, str)
+        if not explicit:
+            if self.allocation not in ALLOCATIONS:
+                raise ValueError(
+                    f"allocation={self.allocation!r} is not supported; use one of {ALLOCATIONS.names()} or explicit "
+                    "per-layer keep counts (a list in MoE-layer order or a dict {layer_index: count})."
+                )
+            units = ALLOCATIONS.get(self.allocation).units
+            if self.unit not in units:
+                decides = "shapes neuron pruning" if self.unit == "expert" else "decides whole-expert counts"
+                raise ValueError(
+                    f"allocation={self.allocation!r} {decides}: use it with unit={units[0]!r}, or with "
+                    f"unit={self.unit!r} one of {names_for(ALLOCATIONS, self.unit)}."
+                )
         if self.unit == "neuron":
             self._check_neuron_unit()
-        elif self.allocation == "trapezoid":
-            raise ValueError("allocation='trapezoid' shapes neuron pruning: use it with unit='neuron'.")
-        if isinstance(self.allocation, str) and self.allocation.lower() not in [*ALLOCATIONS.names(), "trapezoid"]:
-            raise ValueError(
-                f"allocation={self.allocation!r} is not supported; use one of {ALLOCATIONS.names()} or explicit "
-                "per-layer keep counts (a list in MoE-layer order or a dict {layer_index: count})."
-            )
         if explicit:
             counts = self.allocation.values() if isinstance(self.allocation, dict) else self.allocation
             if not all(isinstance(c, numbers.Integral) and c >= 1 for c in counts):
@@ -213,21 +224,11 @@ class MoEPruneConfig(QuantizationConfigMixin):
             method.check_options(self.method_kwargs, schedule if self.unit == "neuron" else None)
 
     def _check_neuron_unit(self) -> None:
-        from .neurons.schedule import NEURON_ALLOCATIONS, schedule_options
+        from .neurons.schedule import schedule_options
 
         if self.num_experts_to_keep is not None or not isinstance(self.allocation, str):
             raise ValueError(
                 "unit='neuron' prunes a fraction of the routed-expert parameters: give `ratio`, not expert counts."
-            )
-        if self.allocation not in NEURON_ALLOCATIONS:
-            raise ValueError(
-                f"allocation={self.allocation!r} decides whole-expert counts; with unit='neuron' use one of "
-                f"{list(NEURON_ALLOCATIONS)}."
-            )
-        if self.compensation != "none":
-            raise ValueError(
-                f"compensation={self.compensation!r} adjusts experts for removed experts; with unit='neuron' use "
-                "compensation='none'."
             )
         schedule_options(self.allocation, self.method_kwargs)  # checks the schedule options
 

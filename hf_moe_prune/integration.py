@@ -206,8 +206,9 @@ def _stream_kwargs_refusal(kwargs: dict) -> str | None:
 def _streams(cls, path, args: tuple, kwargs: dict) -> bool:
     """Whether `streaming=None` (automatic) streams this call: a local safetensors checkpoint or a Hub id, loaded
     with the class it was saved from (its `architectures`: a base-model class reads other key names) onto the CPU,
-    the path alone as positional argument, and only loading options streaming honours. The request itself (method, allocation,
-    family) is checked by `stream_prune` before any weight is read; a refusal falls back to a full load."""
+    the path alone as positional argument, and only loading options streaming honours. The request itself (method,
+    allocation, family) is checked by `stream_prune` before any weight is read; a refusal falls back to a full
+    load."""
     import os
 
     from transformers import PretrainedConfig

@@ -83,11 +83,14 @@ def local_batches(num_rows: int, batch_size: int) -> list[int]:
 def check_recorders(recorders: tuple) -> None:
     """Raise when block-input recorders are asked for under a process group: their samples are not gathered."""
     if recorders and is_distributed():
+        from ..registries import ALLOCATIONS, COMPENSATIONS
+
+        users = [f"allocation={a!r}" for a in ALLOCATIONS.names() if not ALLOCATIONS.get(a).distributed]
+        users += [f"compensation={c!r}" for c in COMPENSATIONS.names() if not COMPENSATIONS.get(c).distributed]
         raise NotImplementedError(
-            "allocation='outlier' and compensation='fisher' record block inputs during calibration, which is not "
-            f"supported across processes yet (world size {world_size()}). Run this prune in a single process "
-            "(without torchrun / accelerate launch, or before init_process_group), or choose another allocation "
-            "and compensation."
+            f"{', '.join(users)} record block inputs during calibration, which is not supported across processes "
+            f"yet (world size {world_size()}). Run this prune in a single process (without torchrun / accelerate "
+            "launch, or before init_process_group), or choose another allocation and compensation."
         )
 
 

@@ -12,15 +12,12 @@ A compensator is `compensate(block, kept, context)`, called on the still unprune
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from ..registry import Registry
-
-COMPENSATIONS: Registry[Callable] = Registry("compensation")
+from ..registries import COMPENSATIONS, register_compensation
 
 
 @dataclass
@@ -33,17 +30,18 @@ class CompensationContext:
 
 
 def needs_inputs(name: str) -> bool:
-    return bool(getattr(COMPENSATIONS.get(name), "needs_inputs", False))
+    """Whether compensation `name` needs a sample of each block's calibration inputs."""
+    return COMPENSATIONS.get(name).needs_inputs
 
 
 def check_compensation(name: str, blocks) -> None:
     """Raise before any calibration when compensation `name` cannot run on one of `blocks` (its `check`)."""
-    check = getattr(COMPENSATIONS.get(name), "check", None)
+    check = COMPENSATIONS.get(name).check
     for block in blocks if check is not None else ():
         check(block)
 
 
-@COMPENSATIONS.register("none")
+@register_compensation("none", changes_weights=False, units=("expert", "neuron"))
 def no_compensation(block, kept, context=None) -> None:
     """Leave the kept experts as they are."""
 
@@ -56,7 +54,7 @@ def _usage(context, num_experts: int) -> torch.Tensor:
     return torch.ones(num_experts, dtype=torch.float64)
 
 
-@COMPENSATIONS.register("merge")
+@register_compensation("merge", reads_dropped=True)
 @torch.no_grad()
 def merge_compensation(block, kept, context=None) -> None:
     """Merge every pruned expert e into the kept expert r with the most similar router row (cosine similarity of
@@ -134,7 +132,15 @@ def reconstruction_error(block, kept: list[int], inputs: torch.Tensor, target: t
     return float((out.float() - target.float()).pow(2).mean())
 
 
-@COMPENSATIONS.register("fisher")
+def _check_fused(block) -> None:
+    if not all(hasattr(block.experts, n) for n in ("gate_up_proj", "down_proj", "act_fn")):
+        raise ValueError(
+            f"fisher compensation needs fused gate_up_proj/down_proj experts; {block.name} "
+            f"({block.adapter.model_type}) has none. Use compensation='none' or 'merge'."
+        )
+
+
+@register_compensation("fisher", needs_inputs=True, check=_check_fused)
 @torch.no_grad()
 def fisher_compensation(block, kept, context=None) -> None:
     """COMPEL's Fisher-guided weight compensation, as we read it (the paper gives only the abstract).
@@ -185,16 +191,6 @@ def fisher_compensation(block, kept, context=None) -> None:
         residual -= scale * update
 
 
-def _check_fused(block) -> None:
-    if not all(hasattr(block.experts, n) for n in ("gate_up_proj", "down_proj", "act_fn")):
-        raise ValueError(
-            f"fisher compensation needs fused gate_up_proj/down_proj experts; {block.name} "
-            f"({block.adapter.model_type}) has none. Use compensation='none' or 'merge'."
-        )
-
-
-fisher_compensation.needs_inputs = True
-fisher_compensation.check = _check_fused
 
 
 class BlockInputRecorder:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..registry import Registry
+from ..registries import METHODS
 
 # Statistics the calibration engine can collect per MoE block, all sums over routed (token, expert) pairs, so that
 # batches, devices and processes add up:
@@ -133,7 +133,6 @@ def _check_type(field: str, value, kind: type) -> None:
         raise TypeError(f"{field} must be {'a finite number' if kind is float else kind.__name__}, got {value!r}.")
 
 
-METHODS: Registry[ScoringMethod] = Registry("pruning method")
 
 
 def register_method(

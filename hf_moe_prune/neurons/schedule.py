@@ -29,9 +29,15 @@ import torch
 
 from ..adapters import MoEBlock
 from ..allocation import _check_groups, is_ignored, select_experts
+from ..registries import register_allocation
 from .layout import neuron_layout
 
-NEURON_ALLOCATIONS = ("trapezoid", "uniform")
+NEURON_ALLOCATIONS = ("trapezoid", "uniform")  # the schedules below; "uniform" also allocates expert counts
+register_allocation(
+    "trapezoid",
+    units=("neuron",),
+    description="TENP's neuron schedule: the shares kept whole and the neurons kept grow from shallow to deep layers",
+)(None)
 SCHEDULE_KEYS = ("keep_whole", "neuron_keep", "drop_experts", "min_neurons", "neuron_score", "multiple_of")
 NEURON_SCORES = {"magnitude": "neuron_magnitude", "projection": "neuron_projection"}
 DEFAULTS = {

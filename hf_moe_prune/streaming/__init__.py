@@ -35,6 +35,7 @@ from ..adapters import get_adapter
 from ..calibration.runner import peak_rss_kib
 from ..calibration.stats import LayerStats
 from ..config import MoEPruneConfig
+from ..registries import ALLOCATIONS, COMPENSATIONS, METHODS
 from ..reshape import check_same_count, set_expert_count
 from .checkpoint import Checkpoint, Loader, StreamingRefused, check_against_config
 from .layers import calibrate, decoder_layers, load_compact
@@ -67,7 +68,9 @@ def _skeleton(model_config, dtype, model_class=None):
         ) from error
 
 
-FORWARD_ONLY = "reap, ean, frequency, soft_count, random, tenp"
+def _forward_only() -> str:
+    """The registered methods that need forward statistics only (no `fit`): the ones that stream."""
+    return ", ".join(name for name in METHODS.names() if METHODS.get(name).fit is None)
 
 
 def pruned_checkpoint_refusal(model_config) -> str | None:
@@ -144,11 +147,15 @@ def streaming_refusal(
         reasons.append("it is an encoder-decoder model (streaming runs one stack of decoder layers)")
     if method.fit is not None:
         reasons.append(f"method {method.name!r} needs gradients through the whole model")
-    if config.allocation in ("evolutionary", "outlier"):
-        reasons.append(f"allocation {config.allocation!r} re-runs the model or records block inputs")
-    if config.compensation != "none":
-        # fisher re-runs whole blocks; merge folds the dropped experts' weights, which streaming never reads
-        reasons.append(f"compensation {config.compensation!r} needs the whole block in memory")
+    allocator = ALLOCATIONS.get(config.allocation) if isinstance(config.allocation, str) else None
+    if allocator is not None and not allocator.streams:
+        needs = "re-runs the model" if allocator.reads_model else "records block inputs"
+        reasons.append(f"allocation {config.allocation!r} {needs}")
+    compensator = COMPENSATIONS.get(config.compensation)
+    if not compensator.streams:
+        # e.g. re-running whole blocks on their inputs, or folding the dropped experts, which streaming never reads
+        needs = "re-runs each block on its inputs" if compensator.needs_inputs else "reads the dropped experts"
+        reasons.append(f"compensation {config.compensation!r} {needs}, so it needs the whole block in memory")
     if any(b.adapter.flat_expert_tensors for b in blocks):
         reasons.append("its experts are stored flattened")
     if any(b.adapter.parent_count_attrs for b in blocks):
@@ -169,7 +176,7 @@ def streaming_refusal(
         return None
     return (
         "Streaming (plan before load) cannot do this: " + "; ".join(reasons) + ". Load the model first and prune "
-        f"it (streaming=False), or choose a forward-only method ({FORWARD_ONLY})."
+        f"it (streaming=False), or choose a forward-only method ({_forward_only()})."
     )
 
 

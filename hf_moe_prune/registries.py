@@ -1,0 +1,176 @@
+"""The registries of the pipeline's pluggable stages and the records they hold: a leaf module.
+
+`METHODS` (score), `ALLOCATIONS` (allocate) and `COMPENSATIONS` (compensate) map lower-case names to records that say
+what each entry needs and supports, so that the rest of the library asks the record (`allocator.streams`,
+`compensator.needs_inputs`) instead of testing names (`allocation == "outlier"`), and refusal texts, the CLI help and
+README lists come from the registries. Like transformers' `utils/quantization_config.py`, which never imports a
+quantizer, this module imports nothing of the package but `Registry`: configs validate names against it, and the
+entries register themselves where they are defined (`hf_moe_prune.allocation`, `hf_moe_prune.compensation`,
+`hf_moe_prune.methods`, `hf_moe_prune.neurons.schedule`), all imported by `import hf_moe_prune`.
+
+Add your own with `register_method`, `register_allocation` or `register_compensation` (see `docs/adding_a_method.md`
+and `docs/adding_an_allocation.md`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .registry import Registry
+
+UNITS = ("expert", "neuron")
+
+
+@dataclass(frozen=True)
+class Allocator:
+    """A registered allocation: how many experts (or neurons) each MoE layer keeps under one global budget.
+
+    Args:
+        name (`str`): Lower-case name used in `MoEPruneConfig(allocation=...)`.
+        allocate (`Callable`, *optional*): `allocate(blocks, scores, budget, context) -> {block name: keep count}`;
+            counts respect every layer's floor and sum to `budget` exactly. None for allocations that only name a
+            neuron schedule (`hf_moe_prune.neurons.schedule`).
+        units (`tuple[str, ...]`): What it allocates: `"expert"` counts, `"neuron"` schedules, or both.
+        reads_model (`bool`): Re-runs the model under candidate plans (needs the whole model in memory).
+        needs_inputs (`bool`): Records each block's calibration inputs during calibration (one extra sample).
+        distributed (`bool`): Gives the same result under torch.distributed as in one process.
+        description (`str`): One line for the CLI help and error messages.
+    """
+
+    name: str
+    allocate: Callable | None = None
+    units: tuple[str, ...] = ("expert",)
+    reads_model: bool = False
+    needs_inputs: bool = False
+    distributed: bool = True
+    description: str = ""
+
+    @property
+    def streams(self) -> bool:
+        """Works while streaming (plan before load): needs neither the whole model nor block inputs."""
+        return not (self.reads_model or self.needs_inputs)
+
+    def __call__(self, blocks, scores, budget, context=None):
+        if self.allocate is None:
+            raise ValueError(f"allocation {self.name!r} shapes a neuron schedule; it allocates no expert counts.")
+        return self.allocate(blocks, scores, budget, context)
+
+
+@dataclass(frozen=True)
+class Compensator:
+    """A registered compensation: adjusts the kept experts (or router) so that the layer output changes least.
+
+    Args:
+        name (`str`): Lower-case name used in `MoEPruneConfig(compensation=...)`.
+        compensate (`Callable`): `compensate(block, kept, context)`, called on the still unpruned block just before it
+            is sliced, with a `hf_moe_prune.compensation.CompensationContext`.
+        changes_weights (`bool`): False only for the identity (`"none"`); a plan replayed without calibration cannot
+            repeat a compensation that changes weights.
+        needs_inputs (`bool`): Needs a sample of each block's calibration inputs (re-runs the block on its own, so
+            the block must be standalone, not a whole decoder layer).
+        reads_dropped (`bool`): Reads the dropped experts' weights (streaming never loads them).
+        units (`tuple[str, ...]`): The pruning units it works with.
+        check (`Callable`, *optional*): `check(block)` raising a `ValueError` before calibration when the block's
+            layout is not supported.
+        description (`str`): One line for the CLI help and error messages.
+    """
+
+    name: str
+    compensate: Callable
+    changes_weights: bool = True
+    needs_inputs: bool = False
+    reads_dropped: bool = False
+    units: tuple[str, ...] = ("expert",)
+    check: Callable | None = None
+    description: str = ""
+
+    @property
+    def streams(self) -> bool:
+        """Works while streaming: the identity, or a compensation that needs neither block inputs nor dropped
+        experts."""
+        return not (self.needs_inputs or self.reads_dropped)
+
+    @property
+    def distributed(self) -> bool:
+        """Gives the same result under torch.distributed (input sampling has no exact sharded equivalent)."""
+        return not self.needs_inputs
+
+    def __call__(self, block, kept, context=None):
+        return self.compensate(block, kept, context)
+
+
+METHODS: Registry = Registry("pruning method", "Add one with hf_moe_prune.register_method (docs/adding_a_method.md).")
+ALLOCATIONS: Registry[Allocator] = Registry(
+    "allocation", "Add one with hf_moe_prune.register_allocation (docs/adding_an_allocation.md)."
+)
+COMPENSATIONS: Registry[Compensator] = Registry(
+    "compensation", "Add one with hf_moe_prune.register_compensation (docs/adding_an_allocation.md)."
+)
+
+
+def _units(units: tuple[str, ...] | str) -> tuple[str, ...]:
+    units = (units,) if isinstance(units, str) else tuple(units)
+    if not units or any(u not in UNITS for u in units):
+        raise ValueError(f"units must be a non-empty subset of {UNITS}, got {units!r}.")
+    return units
+
+
+def register_allocation(
+    name: str,
+    *,
+    units: tuple[str, ...] | str = ("expert",),
+    reads_model: bool = False,
+    needs_inputs: bool = False,
+    distributed: bool = True,
+    description: str = "",
+):
+    """Decorator registering `allocate(blocks, scores, budget, context)` as allocation `name` (see `Allocator`).
+
+    Example:
+        ```python
+        >>> @hf_moe_prune.register_allocation("front_loaded", description="early layers keep more")
+        ... def front_loaded(blocks, scores, budget, context=None):
+        ...     return hf_moe_prune.allocation.fit_budget(blocks, {b.name: ... for b in blocks}, budget)
+        ```
+    """
+
+    def decorator(fn: Callable | None) -> Callable | None:
+        ALLOCATIONS.add(name, Allocator(name.lower(), fn, _units(units), reads_model, needs_inputs, distributed,
+                                        description or _first_line(fn)))
+        return fn
+
+    return decorator
+
+
+def register_compensation(
+    name: str,
+    *,
+    changes_weights: bool = True,
+    needs_inputs: bool = False,
+    reads_dropped: bool = False,
+    units: tuple[str, ...] | str = ("expert",),
+    check: Callable | None = None,
+    description: str = "",
+):
+    """Decorator registering `compensate(block, kept, context)` as compensation `name` (see `Compensator`)."""
+
+    def decorator(fn: Callable) -> Callable:
+        COMPENSATIONS.add(
+            name,
+            Compensator(name.lower(), fn, changes_weights, needs_inputs, reads_dropped, _units(units), check,
+                        description or _first_line(fn)),
+        )
+        return fn
+
+    return decorator
+
+
+def names_for(registry: Registry, unit: str) -> list[str]:
+    """The names in `registry` (allocations or compensations) that serve `unit`."""
+    return [name for name in registry.names() if unit in registry.get(name).units]
+
+
+def _first_line(fn) -> str:
+    doc = (getattr(fn, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
