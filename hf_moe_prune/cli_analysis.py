@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .bundled import DOMAINS, fixture_path, fixture_texts, mixed_texts
 from .cli_commands import eval_texts, load_model, load_plan, log, parse_sources, recorded_base
-from .testing.trained import DOMAINS, fixture_path, fixture_texts, mixed_texts
 
 LM_EVAL_EXTRA = "pip install 'hf-moe-prune[lm-eval]'"
 

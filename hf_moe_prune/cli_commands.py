@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .testing.trained import DOMAINS, FIXTURES_DIR, fixture_path, fixture_texts, mixed_texts
+from .bundled import DOMAINS, FIXTURES_DIR, fixture_path, fixture_texts, mixed_texts
 
 _QUIET = False
 
