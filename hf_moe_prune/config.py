@@ -213,7 +213,6 @@ class MoEPruneConfig(QuantizationConfigMixin):
         if not self.is_pruned_checkpoint:
             from .neurons.schedule import SCHEDULE_KEYS
 
-            schedule = {key: "unit='neuron' (the neuron schedule)" for key in SCHEDULE_KEYS}
             if self.unit == "expert":
                 wrong = sorted(set(self.method_kwargs) & set(SCHEDULE_KEYS) - set(method.option_names()))
                 if wrong:
@@ -221,7 +220,7 @@ class MoEPruneConfig(QuantizationConfigMixin):
                         f"method_kwargs {wrong} shape neuron pruning; with unit='expert' they would be ignored: use "
                         "unit='neuron', or leave them out."
                     )
-            method.check_options(self.method_kwargs, schedule if self.unit == "neuron" else None)
+            method.check_options(self.method_kwargs, SCHEDULE_KEYS if self.unit == "neuron" else ())
 
     def _check_neuron_unit(self) -> None:
         from .neurons.schedule import schedule_options
@@ -258,13 +257,14 @@ class MoEPruneConfig(QuantizationConfigMixin):
 
 
 def _refuse_unknown(kwargs: dict[str, Any]) -> None:
-    import difflib
     import inspect
+
+    from .registry import closest
 
     valid = [name for name in inspect.signature(MoEPruneConfig.__init__).parameters if name not in ("self", "kwargs")]
     key = sorted(kwargs)[0]
-    close = difflib.get_close_matches(key, valid, n=1)
+    close = closest(key, valid)
     raise TypeError(
-        f"MoEPruneConfig got an unexpected keyword {key!r}" + (f"; did you mean {close[0]!r}?" if close else ".")
+        f"MoEPruneConfig got an unexpected keyword {key!r}" + (f"; did you mean {close!r}?" if close else ".")
         + f" Its options: {', '.join(valid)}."
     )

@@ -21,7 +21,7 @@ from .api import PruneJob, prepare, prune, run
 from .config import QUANT_METHOD, MoEPruneConfig
 from .neurons import narrow_experts
 from .plan import PLAN_FILE, PrunePlan
-from .portable import register_marker, stock_config_for
+from .portable import is_pruned_config, read_config_dict, register_marker, stock_config_for
 from .reshape import slice_block
 from .saving import attach_plan
 from .streaming import StreamingRefused
@@ -112,17 +112,6 @@ def _saved_plan(model) -> PrunePlan | None:
 _HUB_KEYS = ("cache_dir", "revision", "token", "local_files_only", "subfolder")
 
 
-def _is_pruned_checkpoint(path, kwargs) -> bool:
-    from transformers import PretrainedConfig
-
-    try:
-        config_dict, _ = PretrainedConfig.get_config_dict(path, **{k: kwargs[k] for k in _HUB_KEYS if k in kwargs})
-    except Exception:  # not resolvable here: let from_pretrained report it in its own words
-        return False
-    quant = config_dict.get("quantization_config") or config_dict.get("text_config", {}).get("quantization_config")
-    return isinstance(quant, dict) and quant.get("quant_method") == QUANT_METHOD
-
-
 def _checkpoint_path(args: tuple, kwargs: dict):
     """The checkpoint `from_pretrained` was given, by position or by keyword (None for `from_pretrained(None)`)."""
     return args[0] if args else kwargs.get("pretrained_model_name_or_path")
@@ -145,17 +134,19 @@ def _install_from_pretrained() -> None:
                 pruning_config if isinstance(pruning_config, MoEPruneConfig) else MoEPruneConfig(**pruning_config)
             )
         path = _checkpoint_path(args, kwargs)
-        if path is not None and kwargs.get("config") is None:
+        # the checkpoint's config.json, read once (None when it cannot be resolved here)
+        config_dict = read_config_dict(path, {k: kwargs[k] for k in _HUB_KEYS if k in kwargs}) if path else None
+        if kwargs.get("config") is None:
             # A checkpoint only this library loads correctly carries a marked config (hf_moe_prune.portable) that the
             # family's config class refuses by design: give that class the real config.
-            hub = {k: kwargs[k] for k in _HUB_KEYS if k in kwargs}
-            config = stock_config_for(cls, path, hub)
+            config = stock_config_for(cls, config_dict)
             if config is not None:
                 kwargs["config"] = config
         request = kwargs.get("quantization_config")
         if isinstance(request, MoEPruneConfig) and path is not None and not request.is_pruned_checkpoint:
-            pruned = _is_pruned_checkpoint(path, kwargs)
-            if request.streaming or (request.streaming is None and not pruned and _streams(cls, path, args, kwargs)):
+            pruned = is_pruned_config(config_dict)
+            automatic = request.streaming is None and not pruned and _streams(cls, path, config_dict, args, kwargs)
+            if request.streaming or automatic:
                 try:
                     return _stream(cls, path, request, _without_path(args, kwargs))
                 except StreamingRefused as refusal:
@@ -194,24 +185,22 @@ def _stream_kwargs_refusal(kwargs: dict) -> str | None:
     unsupported = sorted(key for key in set(kwargs) - _STREAM_KWARGS if kwargs[key] not in (None, {}, False))
     if unsupported:
         return (
-            f"streaming pruning in from_pretrained does not take {unsupported}: load without them, or pass "
-            "streaming=False to load the whole model first"
+            f"Streaming pruning in from_pretrained does not take {unsupported}: load without them, or pass "
+            "streaming=False to load the whole model first."
         )
     device = kwargs.get("device_map")
     if (device is not None and not isinstance(device, (str, torch.device))) or device == "auto":
-        return "streaming pruning loads onto one device: give device_map='cpu', 'cuda:0', ... or none"
+        return "Streaming pruning loads onto one device: give device_map='cpu', 'cuda:0', ... or none."
     return None
 
 
-def _streams(cls, path, args: tuple, kwargs: dict) -> bool:
+def _streams(cls, path, config_dict: dict | None, args: tuple, kwargs: dict) -> bool:
     """Whether `streaming=None` (automatic) streams this call: a local safetensors checkpoint or a Hub id, loaded
     with the class it was saved from (its `architectures`: a base-model class reads other key names) onto the CPU,
     the path alone as positional argument, and only loading options streaming honours. The request itself (method,
     allocation, family) is checked by `stream_prune` before any weight is read; a refusal falls back to a full
     load."""
     import os
-
-    from transformers import PretrainedConfig
 
     rest = {k: v for k, v in kwargs.items() if k != "pretrained_model_name_or_path"}
     if len(args) > 1 or _stream_kwargs_refusal(rest):
@@ -221,11 +210,7 @@ def _streams(cls, path, args: tuple, kwargs: dict) -> bool:
     path = str(path)
     if os.path.isdir(path) and not any(name.endswith(".safetensors") for name in os.listdir(path)):
         return False
-    if os.path.isfile(path):
-        return False
-    try:
-        config_dict, _ = PretrainedConfig.get_config_dict(path, **{k: kwargs[k] for k in _HUB_KEYS if k in kwargs})
-    except Exception:  # not resolvable here: the full load reports it in its own words
+    if os.path.isfile(path) or config_dict is None:  # no checkpoint folder, or unresolvable: a full load reports it
         return False
     return cls.__name__ in (config_dict.get("architectures") or [])
 
@@ -236,9 +221,9 @@ def _stream(cls, path, request: MoEPruneConfig, kwargs: dict):
 
     refusal = _stream_kwargs_refusal(kwargs)
     if refusal:
-        raise StreamingRefused(refusal[0].upper() + refusal[1:] + ".")
+        raise StreamingRefused(refusal)
     device = kwargs.get("device_map")
-    hub = {k: kwargs[k] for k in ("token", "revision", "cache_dir", "local_files_only") if k in kwargs}
+    hub = {k: kwargs[k] for k in _HUB_KEYS if k in kwargs}  # `subfolder` is refused above
     model_class = None if getattr(cls, "__name__", "").startswith("Auto") else cls
     dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
     model = stream_prune(

@@ -21,8 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .config import QUANT_METHOD
-from .portable import unmark_config_dict
+from .portable import is_pruned_config, unmark_config_dict
 
 ACCELERATORS = {"openvino": "openvino", "ov": "openvino", "ort": "ort", "onnxruntime": "ort"}
 TASK = "text-generation"
@@ -108,8 +107,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def is_non_uniform(config: dict[str, Any]) -> bool:
     """True for a checkpoint whose layers keep different expert counts (it has a `moe_prune` quantization config)."""
-    quant = config.get("quantization_config") or config.get("text_config", {}).get("quantization_config") or {}
-    return isinstance(quant, dict) and quant.get("quant_method") == QUANT_METHOD
+    return is_pruned_config(config)
 
 
 def _check_exportable(path: Path, name: str) -> None:

@@ -30,7 +30,6 @@ LOAD_HINT = (
     "per-layer expert layout pruned by hf_moe_prune: stock transformers would load random experts. "
     "Run `pip install hf-moe-prune` and `import hf_moe_prune` before from_pretrained"
 )
-_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 _TEXT_KEYS = ("text_config", "thinker_config")
 
 
@@ -46,8 +45,10 @@ def is_marked(config_dict: dict[str, Any] | None) -> bool:
 
 def _count_fields(config_dict: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted paths of every integer expert-count key in `config_dict` and its decoder sub-configs."""
+    from .families import COUNT_KEYS
+
     fields = []
-    for key in _COUNT_KEYS:
+    for key in COUNT_KEYS:
         value = config_dict.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
             fields.append(prefix + key)
@@ -153,14 +154,33 @@ def register_marker() -> None:
     AutoConfig.register(MARKER, MoEPrunedCheckpointConfig, exist_ok=True)
 
 
-def stock_config_for(model_class, path, hub_kwargs: dict[str, Any]):
-    """The (unmarked) config of the checkpoint at `path` for `model_class`, or None when it is not marked."""
+def read_config_dict(path, hub_kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The config.json dict of the checkpoint at `path` (a folder or Hub id), or None when it cannot be resolved
+    here (from_pretrained then reports that in its own words)."""
     from transformers import PretrainedConfig
 
     try:
-        config_dict, _ = PretrainedConfig.get_config_dict(path, **hub_kwargs)
-    except Exception:  # not resolvable here: let from_pretrained report it in its own words
+        return PretrainedConfig.get_config_dict(path, **hub_kwargs)[0]
+    except Exception:
         return None
+
+
+def is_pruned_config(config_dict: dict[str, Any] | None) -> bool:
+    """True for the config.json dict of a checkpoint that carries hf_moe_prune's per-layer layout
+    (`quantization_config.quant_method == "moe_prune"`, on the config or its `text_config`)."""
+    from .config import QUANT_METHOD
+
+    if not isinstance(config_dict, dict):
+        return False
+    text = config_dict.get("text_config")
+    quant = config_dict.get("quantization_config")
+    if quant is None and isinstance(text, dict):
+        quant = text.get("quantization_config")
+    return isinstance(quant, dict) and quant.get("quant_method") == QUANT_METHOD
+
+
+def stock_config_for(model_class, config_dict: dict[str, Any] | None):
+    """The (unmarked) config of a checkpoint for `model_class`, or None when its config dict is not marked."""
     if not is_marked(config_dict):
         return None
     return model_class.config_class.from_dict(unmark_config_dict(config_dict))

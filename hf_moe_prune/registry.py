@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+import difflib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+
+def closest(name: Any, choices: Iterable[str]) -> str | None:
+    """The valid name closest to a mistyped `name` (for "did you mean ...?" hints), or None when none is close."""
+    matches = difflib.get_close_matches(str(name), list(choices), n=1)
+    return matches[0] if matches else None
 
 
 class Registry(Generic[T]):

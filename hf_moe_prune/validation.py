@@ -13,12 +13,13 @@ added, and are ignored with a warning, as `MoEPruneConfig` keeps unknown keys of
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import reprlib
 from collections.abc import Mapping
 from typing import Any
+
+from .registry import closest
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +96,8 @@ def _check_keys(data: Mapping, allowed: tuple[str, ...], required: tuple[str, ..
         if newer:  # a field a later version added: readable here, without it
             logger.warning("%s: ignoring key %r of hf_moe_prune %s (newer than this one).", path, key, newer)
             continue
-        close = difflib.get_close_matches(key, allowed, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"valid keys are {', '.join(allowed)}."
+        close = closest(key, allowed)
+        hint = f"did you mean {close!r}?" if close else f"valid keys are {', '.join(allowed)}."
         raise ValueError(f"{path}: unknown key {_show(key)}; {hint}")
     for key in required:
         if key not in data:
@@ -265,8 +266,8 @@ def _check_keep(block, kept: int | list[int], path: str) -> None:
 def _known(blocks: dict[str, Any], name: Any, path: str):
     _check_type(name, str, path, "a block name string")
     if name not in blocks:
-        close = difflib.get_close_matches(name, list(blocks), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else f" It has {len(blocks)} MoE blocks: {_show(list(blocks))}."
+        close = closest(name, blocks)
+        hint = f" Did you mean {close!r}?" if close else f" It has {len(blocks)} MoE blocks: {_show(list(blocks))}."
         raise ValueError(f"{path}: names MoE block {name!r}, which this model does not have.{hint}")
     return blocks[name]
 

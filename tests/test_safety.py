@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, Qwen3MoeForCausalLM
 import hf_moe_prune
 from hf_moe_prune import MoEPruneConfig
 from hf_moe_prune.calibration import runner
-from hf_moe_prune.portable import LOAD_HINT, MARKER, mark_config_dict, unmark_config_dict
+from hf_moe_prune.portable import LOAD_HINT, MARKER, mark_config_dict, read_config_dict, unmark_config_dict
 from hf_moe_prune.testing import SAMPLE_TEXT, tiny_model, tiny_tokenizer
 
 from .conftest import CALIBRATION
@@ -356,7 +356,8 @@ def test_automatic_streaming_only_for_cpu_targets(checkpoints):
     from hf_moe_prune.integration import _streams
 
     path = checkpoints["qwen3_moe"]
-    assert _streams(Qwen3MoeForCausalLM, path, (path,), {})
-    assert _streams(Qwen3MoeForCausalLM, path, (path,), {"device_map": "cpu"})
-    assert not _streams(Qwen3MoeForCausalLM, path, (path,), {"device_map": "cuda:0"})  # calibrates on the GPU instead
-    assert not _streams(transformers.Qwen3MoeModel, path, (path,), {})  # a base-model class reads other key names
+    config = read_config_dict(path, {})
+    assert _streams(Qwen3MoeForCausalLM, path, config, (path,), {})
+    assert _streams(Qwen3MoeForCausalLM, path, config, (path,), {"device_map": "cpu"})
+    assert not _streams(Qwen3MoeForCausalLM, path, config, (path,), {"device_map": "cuda:0"})  # calibrates on the GPU
+    assert not _streams(transformers.Qwen3MoeModel, path, config, (path,), {})  # a base-model class: other key names

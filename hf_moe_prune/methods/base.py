@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 
 from ..registries import METHODS
+from ..registry import closest
 
 # Statistics the calibration engine can collect per MoE block, all sums over routed (token, expert) pairs, so that
 # batches, devices and processes add up:
@@ -78,14 +78,13 @@ class ScoringMethod:
         parameters = list(inspect.signature(self.score).parameters.values())[2:]  # after (stats, generator)
         return sorted(p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
 
-    def check_options(self, method_kwargs: Mapping, extra: Mapping[str, str] | None = None) -> None:
+    def check_options(self, method_kwargs: Mapping, extra: Iterable[str] = ()) -> None:
         """Refuse unknown or ill-typed `method_kwargs` before any calibration (a typo must not run for minutes with
         the default).
 
         Args:
             method_kwargs (`Mapping`): The options given.
-            extra (`Mapping[str, str]`, *optional*): Other accepted keys (e.g. the neuron schedule's), each with the
-                name of what reads it.
+            extra (`Iterable[str]`, *optional*): Other accepted keys (e.g. the neuron schedule's).
 
         Raises:
             `ValueError`: an unknown key (with the closest valid name) or a bad value; `TypeError`: a value of the
@@ -94,12 +93,11 @@ class ScoringMethod:
         if not isinstance(method_kwargs, Mapping):
             raise TypeError(f"method_kwargs must be a dict of options, got {type(method_kwargs).__name__}.")
         own = self.option_names()
-        extra = dict(extra or {})
         known = own + sorted(extra)
         for key in method_kwargs:
             if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
+                close = closest(key, known)
+                hint = f" Did you mean {close!r}?" if close else ""
                 raise ValueError(
                     f"method_kwargs: {self.name!r} has no option {key!r}.{hint} Its options: "
                     f"{', '.join(known) if known else 'none'}."
