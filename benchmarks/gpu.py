@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import hf_moe_prune
 from hf_moe_prune import ADAPTERS, MoEPruneConfig, find_blocks
 from hf_moe_prune.calibration.runner import model_inputs
-from hf_moe_prune.evaluation import evaluate
+from hf_moe_prune.pipeline.evaluation import evaluate
 from hf_moe_prune.reshape import mask_experts
 from hf_moe_prune.testing import DOMAINS, FIXTURES, fixture_path, fixture_texts, mixed_texts, tiny_model
 

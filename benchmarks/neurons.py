@@ -27,8 +27,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import hf_moe_prune
 from hf_moe_prune import MoEPruneConfig, find_blocks
-from hf_moe_prune.evaluation import evaluate
-from hf_moe_prune.neurons import prune_neurons
+from hf_moe_prune.pipeline.evaluation import evaluate
+from hf_moe_prune.reshape.grouped import prune_neurons
 from hf_moe_prune.testing import DOMAINS, FIXTURES, fixture_path, fixture_texts, mixed_texts
 
 try:

@@ -47,7 +47,7 @@ def prune(folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_moe_prune import MoEPruneConfig
-    from hf_moe_prune.saving import save_tokenizer
+    from hf_moe_prune.export.saving import save_tokenizer
     from hf_moe_prune.testing import fixture_path, fixture_texts, mixed_texts
 
     source = fixture_path("qwen3_moe")
@@ -67,7 +67,7 @@ def _load(backend: str, path: Path, threads: int):
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(path).eval()
-    from hf_moe_prune.optimum import load_model
+    from hf_moe_prune.integration.optimum import load_model
 
     kwargs = json.loads(json.dumps(BACKENDS[backend][2]))
     if backend == "ort":

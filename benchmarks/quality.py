@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_moe_prune
 from hf_moe_prune import METHODS, MoEPruneConfig
-from hf_moe_prune.evaluation import evaluate
+from hf_moe_prune.pipeline.evaluation import evaluate
 from hf_moe_prune.testing import DOMAINS, FIXTURES, fixture_path, fixture_texts, mixed_texts
 
 try:

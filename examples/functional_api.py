@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_moe_prune
 from hf_moe_prune import MoEPruneConfig
-from hf_moe_prune.evaluation import evaluate, format_markdown
+from hf_moe_prune.pipeline.evaluation import evaluate, format_markdown
 from hf_moe_prune.testing import DOMAINS, fixture_path, fixture_texts, mixed_texts
 
 parser = argparse.ArgumentParser()

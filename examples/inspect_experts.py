@@ -15,7 +15,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_moe_prune import PrunePlan
-from hf_moe_prune.inspection import expert_usage, plot_usage, save_usage
+from hf_moe_prune.pipeline.inspection import expert_usage, plot_usage, save_usage
 from hf_moe_prune.testing import DOMAINS, fixture_path, fixture_texts, mixed_texts
 
 parser = argparse.ArgumentParser()

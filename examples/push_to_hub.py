@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_moe_prune
 from hf_moe_prune import MoEPruneConfig
-from hf_moe_prune.evaluation import evaluate, format_markdown
+from hf_moe_prune.pipeline.evaluation import evaluate, format_markdown
 from hf_moe_prune.testing import DOMAINS, fixture_path, fixture_texts, mixed_texts
 
 parser = argparse.ArgumentParser()
@@ -43,7 +43,7 @@ if bundled:  # measured quality goes into the model card
     base = AutoModelForCausalLM.from_pretrained(args.model)
     before, after = evaluate(base, tokenizer, texts), evaluate(model, tokenizer, texts, reference=base)
     print(format_markdown({"base": before, args.method: after}))
-    from hf_moe_prune import card
+    from hf_moe_prune.export import card
 
     if hasattr(card, "attach_quality"):
         card.attach_quality(model, before, after)

@@ -4,20 +4,21 @@ Importing the package registers the `moe_prune` quantization method, so that
 `from_pretrained(path, pruning_config=MoEPruneConfig(...))` (or `quantization_config=`) prunes while loading.
 """
 
-__version__ = "0.1.0"
-
-from .adapters import ADAPTERS, MoEAdapter, find_blocks  # noqa: E402
-from .api import apply_plan, prune  # noqa: E402
-from .config import MoEPruneConfig  # noqa: E402
-from .hub import push_to_hub  # noqa: E402
-from .integration import MoEPruneHfQuantizer, register  # noqa: E402
-from .methods import METHODS, register_method  # noqa: E402
-from .plan import BlockPlan, PrunePlan  # noqa: E402
-from .registries import ALLOCATIONS, COMPENSATIONS, register_allocation, register_compensation  # noqa: E402
-from .saving import save_pruned  # noqa: E402
-from .streaming import stream_prune  # noqa: E402
+from hf_moe_prune import _moved
+from hf_moe_prune.adapters import ADAPTERS, MoEAdapter, find_blocks
+from hf_moe_prune.api import apply_plan, prune
+from hf_moe_prune.config import MoEPruneConfig
+from hf_moe_prune.export.hub import push_to_hub
+from hf_moe_prune.export.saving import save_pruned
+from hf_moe_prune.integration import MoEPruneHfQuantizer, register
+from hf_moe_prune.methods import METHODS, register_method
+from hf_moe_prune.plan import BlockPlan, PrunePlan
+from hf_moe_prune.registries import ALLOCATIONS, COMPENSATIONS, register_allocation, register_compensation
+from hf_moe_prune.streaming import stream_prune
+from hf_moe_prune.version import __version__  # noqa: E402,F401
 
 register()
+_moved.install()
 
 __all__ = [
     "ADAPTERS",

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from hf_moe_prune.cli import main
 
 sys.exit(main())

@@ -8,6 +8,20 @@ from typing import Any
 
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from hf_moe_prune.registries import (
+    ALLOCATIONS,
+    COMPENSATIONS,
+    DEFAULT_ALLOCATION,
+    DEFAULT_COMPENSATION,
+    DEFAULT_METHOD,
+    METHODS,
+    SCHEDULE_KEYS,
+    UNITS,
+    names_for,
+    schedule_options,
+)
+from hf_moe_prune.registry import closest
+
 QUANT_METHOD = "moe_prune"
 
 # Runtime-only fields: data and objects that must not be deep-copied by from_pretrained nor written to config.json.
@@ -52,7 +66,7 @@ class MoEPruneConfig(QuantizationConfigMixin):
             (e.g. `"model.layers.0.*"`).
         method_kwargs (`dict`, *optional*): Extra options for the scoring method; with `unit="neuron"` also the neuron
             schedule: `keep_whole`, `neuron_keep` (the trapezoid's `(shallow, deep)` endpoints), `drop_experts`,
-            `neuron_score`, `min_neurons` (see `hf_moe_prune.neurons.schedule`).
+            `neuron_score`, `min_neurons` (see `hf_moe_prune.allocation.neurons`).
         unit (`str`, *optional*):
             What is pruned: `"expert"` (whole experts) or `"neuron"` (intermediate neurons inside the less important
             experts, every expert stays reachable; combine with whole experts through `method_kwargs["drop_experts"]`).
@@ -73,7 +87,7 @@ class MoEPruneConfig(QuantizationConfigMixin):
 
     def __init__(
         self,
-        method: str = "reap",
+        method: str = DEFAULT_METHOD,
         ratio: float | None = None,
         num_experts_to_keep: int | None = None,
         allocation: str | list[int] | dict[int, int] | None = None,
@@ -134,7 +148,6 @@ class MoEPruneConfig(QuantizationConfigMixin):
 
     def post_init(self) -> None:
         """Check every field and raise a `ValueError` that names the problem and the fix."""
-        from .registries import ALLOCATIONS, COMPENSATIONS, METHODS, UNITS, names_for
 
         for name in ("method", "allocation", "compensation", "unit", "propagation"):
             value = getattr(self, name)
@@ -149,10 +162,10 @@ class MoEPruneConfig(QuantizationConfigMixin):
             raise ValueError(f"unit must be 'expert' (whole experts) or 'neuron' (expert neurons), got {self.unit!r}.")
         if self.allocation is None:  # the method's own default, if it serves this unit (else uniform)
             default = ALLOCATIONS.get(method.default_allocation)
-            self.allocation = default.name if self.unit in default.units else "uniform"
+            self.allocation = default.name if self.unit in default.units else DEFAULT_ALLOCATION
         if self.compensation is None:
             default = COMPENSATIONS.get(method.default_compensation)
-            self.compensation = default.name if self.unit in default.units else "none"
+            self.compensation = default.name if self.unit in default.units else DEFAULT_COMPENSATION
         if not isinstance(self.compensation, str):
             raise TypeError(f"compensation must be a name, got {self.compensation!r}.")
         compensator = COMPENSATIONS.get(self.compensation)  # raises with the list of compensations
@@ -211,8 +224,6 @@ class MoEPruneConfig(QuantizationConfigMixin):
         if not all(isinstance(p, (str, int)) and not isinstance(p, bool) for p in self.ignore):
             raise ValueError(f"ignore must list layer indices or module-name patterns, got {self.ignore!r}.")
         if not self.is_pruned_checkpoint:
-            from .neurons.schedule import SCHEDULE_KEYS
-
             if self.unit == "expert":
                 wrong = sorted(set(self.method_kwargs) & set(SCHEDULE_KEYS) - set(method.option_names()))
                 if wrong:
@@ -223,8 +234,6 @@ class MoEPruneConfig(QuantizationConfigMixin):
             method.check_options(self.method_kwargs, SCHEDULE_KEYS if self.unit == "neuron" else ())
 
     def _check_neuron_unit(self) -> None:
-        from .neurons.schedule import schedule_options
-
         if self.num_experts_to_keep is not None or not isinstance(self.allocation, str):
             raise ValueError(
                 "unit='neuron' prunes a fraction of the routed-expert parameters: give `ratio`, not expert counts."
@@ -259,12 +268,11 @@ class MoEPruneConfig(QuantizationConfigMixin):
 def _refuse_unknown(kwargs: dict[str, Any]) -> None:
     import inspect
 
-    from .registry import closest
-
     valid = [name for name in inspect.signature(MoEPruneConfig.__init__).parameters if name not in ("self", "kwargs")]
     key = sorted(kwargs)[0]
     close = closest(key, valid)
     raise TypeError(
-        f"MoEPruneConfig got an unexpected keyword {key!r}" + (f"; did you mean {close!r}?" if close else ".")
+        f"MoEPruneConfig got an unexpected keyword {key!r}"
+        + (f"; did you mean {close!r}?" if close else ".")
         + f" Its options: {', '.join(valid)}."
     )

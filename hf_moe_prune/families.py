@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import warnings
 
-from .adapters import ADAPTERS
-from .adapters.base import UNSUPPORTED
+from hf_moe_prune.adapters import ADAPTERS
+from hf_moe_prune.adapters.base import UNSUPPORTED
 
 # Config keys that count experts (one of them in every family transformers has, DBRX's nested one aside)
 COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")

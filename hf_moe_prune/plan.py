@@ -8,35 +8,9 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .validation import check_plan_dict
+from hf_moe_prune.validation import FORMAT_VERSION, check_format_version, check_plan_dict  # noqa: F401
 
 PLAN_FILE = "moe_pruning_plan.json"
-# Version of the saved plan and of config.json's `moe_pruning` block. Raise it when a change means an older library
-# would read a checkpoint wrongly; readers refuse a newer version (`check_format_version`), older ones still load.
-FORMAT_VERSION = 1
-
-
-def check_format_version(value, where: str) -> None:
-    """Refuse a plan or `moe_pruning` block written in a newer format than this library reads.
-
-    Args:
-        value: The `format_version` found (None or absent: written before versions existed, read as version 1).
-        where (`str`): What holds it, for the message (a file path, `config.json moe_pruning`).
-
-    Raises:
-        `TypeError`: the version is not an int. `ValueError`: it is newer than `FORMAT_VERSION`, or below 1.
-    """
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{where}: format_version must be an int, got {value!r}.")
-    if value > FORMAT_VERSION:
-        raise ValueError(
-            f"{where}: written in pruning format {value} by a newer hf_moe_prune; this one (format {FORMAT_VERSION}) "
-            "would read it wrongly. Upgrade: pip install -U hf-moe-prune."
-        )
-    if value < 1:
-        raise ValueError(f"{where}: format_version must be at least 1, got {value}.")
 
 
 @dataclass
@@ -100,7 +74,7 @@ class PrunePlan:
     def is_uniform(self) -> bool:
         """Every block keeps the same number of experts at full width, in a family whose config counts its routed
         experts (JetMoE's does not): a stock config can express the result."""
-        from .adapters import ADAPTERS
+        from hf_moe_prune.adapters import ADAPTERS
 
         counted = self.model_type not in ADAPTERS or bool(ADAPTERS.get(self.model_type).count_keys)
         return counted and len({b.num_kept for b in self.blocks}) <= 1 and not self.expert_widths
@@ -148,7 +122,7 @@ class PrunePlan:
         Raises:
             `TypeError` / `ValueError`: a field has a wrong type or value; the message names it.
         """
-        check_plan_dict(data)
+        check_plan_dict(data, [f.name for f in fields(cls)], [f.name for f in fields(BlockPlan)])
         # Only known fields: keys a newer library version added were accepted (with a warning) by the check.
         block_fields = {f.name for f in fields(BlockPlan)}
         data = {k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}

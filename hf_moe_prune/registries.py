@@ -6,7 +6,7 @@ what each entry needs and supports, so that the rest of the library asks the rec
 README lists come from the registries. Like transformers' `utils/quantization_config.py`, which never imports a
 quantizer, this module imports nothing of the package but `Registry`: configs validate names against it, and the
 entries register themselves where they are defined (`hf_moe_prune.allocation`, `hf_moe_prune.compensation`,
-`hf_moe_prune.methods`, `hf_moe_prune.neurons.schedule`), all imported by `import hf_moe_prune`.
+`hf_moe_prune.methods`, `hf_moe_prune.allocation.neurons`), all imported by `import hf_moe_prune`.
 
 Add your own with `register_method`, `register_allocation` or `register_compensation` (see `docs/adding_a_method.md`
 and `docs/adding_an_allocation.md`).
@@ -16,10 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from .registry import Registry
+from hf_moe_prune.registry import Registry
 
 UNITS = ("expert", "neuron")
+DEFAULT_METHOD = "reap"
+DEFAULT_ALLOCATION = "uniform"  # what a method or unit falls back to when its own default does not apply
+DEFAULT_COMPENSATION = "none"
 
 
 @dataclass(frozen=True)
@@ -30,12 +34,16 @@ class Allocator:
         name (`str`): Lower-case name used in `MoEPruneConfig(allocation=...)`.
         allocate (`Callable`, *optional*): `allocate(blocks, scores, budget, context) -> {block name: keep count}`;
             counts respect every layer's floor and sum to `budget` exactly. None for allocations that only name a
-            neuron schedule (`hf_moe_prune.neurons.schedule`).
+            neuron schedule (`hf_moe_prune.allocation.neurons`).
         units (`tuple[str, ...]`): What it allocates: `"expert"` counts, `"neuron"` schedules, or both.
         reads_model (`bool`): Re-runs the model under candidate plans (needs the whole model in memory).
         needs_inputs (`bool`): Records each block's calibration inputs during calibration (one extra sample).
         distributed (`bool`): Gives the same result under torch.distributed as in one process.
         description (`str`): One line for the CLI help and error messages.
+        fixed_counts (`bool`): Every layer's count follows from the ratio alone (`"uniform"`), so the counts are known
+            before calibration and every layer keeps the same share.
+        schedule (`dict`, *optional*): For neuron allocations, the schedule's defaults (`keep_whole`, `neuron_keep`:
+            a fraction or a `(shallow, deep)` pair), overridable through `method_kwargs` (see `schedule_options`).
     """
 
     name: str
@@ -45,6 +53,8 @@ class Allocator:
     needs_inputs: bool = False
     distributed: bool = True
     description: str = ""
+    fixed_counts: bool = False
+    schedule: dict | None = None
 
     @property
     def streams(self) -> bool:
@@ -124,6 +134,8 @@ def register_allocation(
     needs_inputs: bool = False,
     distributed: bool = True,
     description: str = "",
+    fixed_counts: bool = False,
+    schedule: dict | None = None,
 ):
     """Decorator registering `allocate(blocks, scores, budget, context)` as allocation `name` (see `Allocator`).
 
@@ -136,8 +148,20 @@ def register_allocation(
     """
 
     def decorator(fn: Callable | None) -> Callable | None:
-        ALLOCATIONS.add(name, Allocator(name.lower(), fn, _units(units), reads_model, needs_inputs, distributed,
-                                        description or _first_line(fn)))
+        ALLOCATIONS.add(
+            name,
+            Allocator(
+                name.lower(),
+                fn,
+                _units(units),
+                reads_model,
+                needs_inputs,
+                distributed,
+                description or _first_line(fn),
+                fixed_counts,
+                schedule,
+            ),
+        )
         return fn
 
     return decorator
@@ -158,8 +182,16 @@ def register_compensation(
     def decorator(fn: Callable) -> Callable:
         COMPENSATIONS.add(
             name,
-            Compensator(name.lower(), fn, changes_weights, needs_inputs, reads_dropped, _units(units), check,
-                        description or _first_line(fn)),
+            Compensator(
+                name.lower(),
+                fn,
+                changes_weights,
+                needs_inputs,
+                reads_dropped,
+                _units(units),
+                check,
+                description or _first_line(fn),
+            ),
         )
         return fn
 
@@ -174,3 +206,48 @@ def names_for(registry: Registry, unit: str) -> list[str]:
 def _first_line(fn) -> str:
     doc = (getattr(fn, "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else ""
+
+
+# The options of every neuron schedule, overridable through `method_kwargs` (see hf_moe_prune.allocation.neurons).
+SCHEDULE_KEYS = ("keep_whole", "neuron_keep", "drop_experts", "min_neurons", "neuron_score", "multiple_of")
+NEURON_SCORES = {"magnitude": "neuron_magnitude", "projection": "neuron_projection"}  # option -> statistic
+
+
+def schedule_options(allocation: str, method_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A neuron schedule's options: the allocation's defaults (`Allocator.schedule`) overridden by `method_kwargs`,
+    checked.
+
+    Raises:
+        `ValueError`: the allocation decides whole-expert counts only, or an option is out of range.
+    """
+    allocator = ALLOCATIONS.get(allocation)
+    if allocator.schedule is None:
+        raise ValueError(
+            f"allocation={allocation!r} decides whole-expert counts; with unit='neuron' use one of "
+            f"{[a.name for a in ALLOCATIONS.values() if a.schedule is not None]} (neuron allocations), or "
+            "unit='expert'."
+        )
+    options = {
+        "keep_whole": 0.0,
+        "neuron_keep": (0.5, 0.5),
+        **allocator.schedule,
+        "drop_experts": 0.0,
+        "min_neurons": 1,
+        "neuron_score": "magnitude",
+        "multiple_of": 8,
+    }
+    options.update({k: v for k, v in method_kwargs.items() if k in SCHEDULE_KEYS})
+    for key in ("keep_whole", "neuron_keep"):
+        value = options[key]
+        pair = (value, value) if isinstance(value, (int, float)) else tuple(value)
+        if len(pair) != 2 or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in pair):
+            raise ValueError(f"{key} must be a fraction in [0, 1] or a (shallow, deep) pair of them, got {value!r}.")
+        options[key] = (float(pair[0]), float(pair[1]))
+    if not 0 <= float(options["drop_experts"]) < 1:
+        raise ValueError(f"drop_experts must be a fraction in [0, 1), got {options['drop_experts']!r}.")
+    if options["neuron_score"] not in NEURON_SCORES:
+        raise ValueError(f"neuron_score must be one of {list(NEURON_SCORES)}, got {options['neuron_score']!r}.")
+    for key in ("min_neurons", "multiple_of"):
+        if isinstance(options[key], bool) or not isinstance(options[key], int) or options[key] < 1:
+            raise ValueError(f"{key} must be a positive integer, got {options[key]!r}.")
+    return options

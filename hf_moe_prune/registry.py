@@ -59,3 +59,7 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def values(self) -> list[T]:
+        """The registered objects, in name order."""
+        return [self._items[name] for name in self.names()]

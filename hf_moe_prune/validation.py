@@ -1,4 +1,5 @@
-"""Validation of pruning plans and pruned-checkpoint metadata, before anything is allocated, sliced or calibrated.
+"""Validation of pruning plans as read from JSON, and the plan format version: a leaf module. The checks of a plan
+against a model's blocks, and of a pruned checkpoint's metadata, are in `hf_moe_prune.pipeline.checks`.
 
 A plan file and a checkpoint's `quantization_config` may come from anyone (a Hub repository, a hand-edited JSON file),
 so every field is checked for type, range and size here, and every count is bounded by the model's own tensor shapes
@@ -16,10 +17,10 @@ from __future__ import annotations
 import logging
 import math
 import reprlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .registry import closest
+from hf_moe_prune.registry import closest
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +74,39 @@ def _check_number(value: Any, path: str, low: float = -math.inf) -> None:
         )
 
 
+# Version of the saved plan and of config.json's `moe_pruning` block. Raise it when a change means an older library
+# would read a checkpoint wrongly; readers refuse a newer version (`check_format_version`), older ones still load.
+FORMAT_VERSION = 1
+
+
+def check_format_version(value, where: str) -> None:
+    """Refuse a plan or `moe_pruning` block written in a newer format than this library reads.
+
+    Args:
+        value: The `format_version` found (None or absent: written before versions existed, read as version 1).
+        where (`str`): What holds it, for the message (a file path, `config.json moe_pruning`).
+
+    Raises:
+        `TypeError`: the version is not an int. `ValueError`: it is newer than `FORMAT_VERSION`, or below 1.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{where}: format_version must be an int, got {value!r}.")
+    if value > FORMAT_VERSION:
+        raise ValueError(
+            f"{where}: written in pruning format {value} by a newer hf_moe_prune; this one (format {FORMAT_VERSION}) "
+            "would read it wrongly. Upgrade: pip install -U hf-moe-prune."
+        )
+    if value < 1:
+        raise ValueError(f"{where}: format_version must be at least 1, got {value}.")
+
+
 def _written_by_newer_version(data: Mapping) -> str | None:
     """The `hf_moe_prune` version that wrote the plan when it is newer than this one, else None."""
     from packaging.version import InvalidVersion, Version
 
-    from . import __version__
+    from hf_moe_prune.version import __version__
 
     versions = data.get("versions")
     written = versions.get("hf_moe_prune") if isinstance(versions, Mapping) else None
@@ -130,11 +159,12 @@ def _neuron_expert(key: Any, path: str) -> int:
     raise TypeError(f"{path}: expected an int expert index as key, got {_show(key)}")
 
 
-def _check_block(block: Any, path: str, newer: str | None = None, scores: bool = True) -> None:
-    from .plan import BlockPlan
-
+def check_block_dict(
+    block: Any, path: str, block_fields: Iterable[str], newer: str | None = None, scores: bool = True
+) -> None:
+    """Check one block of a plan (its JSON form, or a `BlockPlan`'s fields with `scores=False`)."""
     _check_type(block, Mapping, path, "a block object")
-    _check_keys(block, tuple(BlockPlan.__dataclass_fields__), _BLOCK_REQUIRED, path, newer)
+    _check_keys(block, tuple(block_fields), _BLOCK_REQUIRED, path, newer)
     _check_type(block["name"], str, f"{path}.name", "a module name string")
     _check_int(block["layer_idx"], f"{path}.layer_idx", "an int layer index", 0, MAX_LAYER_INDEX)
     num = _check_int(block["num_experts"], f"{path}.num_experts", "an int expert count", 1, MAX_EXPERTS)
@@ -186,22 +216,22 @@ def _check_block(block: Any, path: str, newer: str | None = None, scores: bool =
             raise ValueError(f"{where}: neuron indices must be distinct and in [0, {width}).")
 
 
-def check_plan_dict(data: Any) -> None:
+def check_plan_dict(data: Any, plan_fields: Iterable[str], block_fields: Iterable[str]) -> None:
     """Check the structure and types of a plan as read from JSON, before a `PrunePlan` is built from it.
 
     Args:
         data (`Any`): The parsed JSON of a `moe_pruning_plan.json`.
+        plan_fields, block_fields (`Iterable[str]`): The keys a plan and a block may hold (`PrunePlan`'s and
+            `BlockPlan`'s fields; `PrunePlan.from_dict` passes them).
 
     Raises:
         `TypeError`: a field has the wrong type (the message names it, e.g. `blocks[3].kept[1]`).
         `ValueError`: a field has a wrong value, a size out of bounds, or the key is unknown (with the closest name).
     """
-    from .plan import PrunePlan, check_format_version
-
     _check_type(data, Mapping, "plan", "a JSON object")
     check_format_version(data.get("format_version"), "format_version")  # before anything a newer format may change
     newer = _written_by_newer_version(data)
-    _check_keys(data, tuple(PrunePlan.__dataclass_fields__), _PLAN_REQUIRED, "plan", newer)
+    _check_keys(data, tuple(plan_fields), _PLAN_REQUIRED, "plan", newer)
     for key in ("method", "model_type"):
         _check_type(data[key], str, key, "a string")
     _check_type(data.get("base_model"), str, "base_model", "a string", optional=True)
@@ -226,160 +256,7 @@ def check_plan_dict(data: Any) -> None:
         raise ValueError(f"blocks: expected between 1 and {MAX_BLOCKS} MoE blocks, got {len(blocks)}.")
     names = set()
     for i, block in enumerate(blocks):
-        _check_block(block, f"blocks[{i}]", newer)
+        check_block_dict(block, f"blocks[{i}]", block_fields, newer)
         if block["name"] in names:
             raise ValueError(f"blocks[{i}].name: block {block['name']!r} is listed twice.")
         names.add(block["name"])
-
-
-def _check_keep(block, kept: int | list[int], path: str) -> None:
-    """`block` can keep `kept` experts (a count, or the indices of a plan): top-k, expert groups, hash routing."""
-    from .allocation import _check_groups, layer_floor
-
-    keep, num, (n_group, _) = (kept if isinstance(kept, int) else len(kept)), block.num_experts, block.groups
-    if keep == num:
-        return
-    if keep > num:
-        raise ValueError(f"{path}: {block.name} has {num} experts and cannot keep {keep}; keep at most {num}.")
-    if block.fixed_routing:
-        raise ValueError(f"{path}: {block.name} picks experts from a fixed table (hash routing): it keeps all {num}.")
-    floor = layer_floor(block)
-    if keep < floor:
-        raise ValueError(
-            f"{path}: {block.name} would keep {keep} of {num} experts but routes every token to top-k={block.top_k} "
-            f"experts{' within expert groups' if n_group > 1 else ''}: keep at least {floor} experts there."
-        )
-    try:
-        _check_groups(block, keep)
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
-    if n_group > 1 and not isinstance(kept, int):  # slicing regroups contiguously: each group must keep as many
-        size = num // n_group
-        counts = [sum(1 for e in kept if e // size == g) for g in range(n_group)]
-        if len(set(counts)) > 1:
-            raise ValueError(
-                f"{path}: {block.name} routes within {n_group} expert groups of {size}; every group must keep "
-                f"{keep // n_group} experts, but they keep {counts}."
-            )
-
-
-def _known(blocks: dict[str, Any], name: Any, path: str):
-    _check_type(name, str, path, "a block name string")
-    if name not in blocks:
-        close = closest(name, blocks)
-        hint = f" Did you mean {close!r}?" if close else f" It has {len(blocks)} MoE blocks: {_show(list(blocks))}."
-        raise ValueError(f"{path}: names MoE block {name!r}, which this model does not have.{hint}")
-    return blocks[name]
-
-
-def check_plan(plan, blocks: list) -> None:
-    """Check a `PrunePlan` against the model's MoE blocks before any block is touched.
-
-    Every plan block must exist with the same expert count, keep at least the block's floor (its top-k, and the
-    expert-group rules of group-limited routing, with the same number of experts in every group), and narrow its
-    experts within their width; families that share one expert count across layers must keep the same count everywhere.
-
-    Args:
-        plan (`PrunePlan`): The plan to apply.
-        blocks (`list[MoEBlock]`): The model's MoE blocks (`find_blocks(model)`).
-
-    Raises:
-        `TypeError` / `ValueError`: the plan does not fit this model, or would leave a layer unable to route.
-    """
-    from .neurons.layout import neuron_layout
-    from .reshape import check_same_count
-
-    by_name = {b.name: b for b in blocks}
-    if not plan.blocks:
-        raise ValueError("blocks: the plan has no MoE block.")
-    names = set()
-    for i, block_plan in enumerate(plan.blocks):
-        path = f"blocks[{i}]"
-        # Plans built in code skip check_plan_dict: their structure is checked here (not their free-form metadata).
-        fields = vars(block_plan) if hasattr(block_plan, "__dict__") else block_plan
-        _check_block(fields, path, scores=False)
-        if block_plan.name in names:
-            raise ValueError(f"{path}.name: block {block_plan.name!r} is listed twice.")
-        names.add(block_plan.name)
-        block = _known(by_name, block_plan.name, f"{path}.name")
-        if block.num_experts != block_plan.num_experts:
-            raise ValueError(
-                f"{path}: {block.name} has {block.num_experts} experts but the plan was made for "
-                f"{block_plan.num_experts}."
-            )
-        _check_keep(block, block_plan.kept, f"{path}.kept")
-        if block_plan.neurons:
-            width = neuron_layout(block.experts).width
-            if block_plan.intermediate_size != width:
-                raise ValueError(
-                    f"{path}.intermediate_size: the plan was made for experts {block_plan.intermediate_size} neurons "
-                    f"wide, but {block.name}'s are {width}."
-                )
-    check_same_count(blocks[0].adapter, [len(b.kept) for b in plan.blocks])
-
-
-def check_pruned_metadata(blocks: list, experts_per_layer: Any, expert_widths: Any, prefix="quantization_config"):
-    """Check a pruned checkpoint's per-block expert counts and widths against the model skeleton, before it is shrunk.
-
-    Each count must be an int between the block's floor (top-k, expert groups) and the skeleton block's own expert
-    count (the expert dimension of its tensors); each width list holds one int per kept expert, 1 to the experts'
-    intermediate width. Nothing is allocated from these numbers before they pass.
-
-    Args:
-        blocks (`list[MoEBlock]`): The skeleton's MoE blocks.
-        experts_per_layer (`dict[str, int]`, *optional*): `{block name: kept expert count}` from the checkpoint.
-        expert_widths (`dict[str, list[int]]`, *optional*): `{block name: width of every kept expert}`.
-        prefix (`str`, *optional*, defaults to `"quantization_config"`): Where the fields live, for the messages.
-
-    Raises:
-        `TypeError` / `ValueError`: a field has a wrong type or value (the message names it).
-    """
-    by_name = {b.name: b for b in blocks}
-    counts = {}
-    field = f"{prefix}.experts_per_layer"
-    _check_type(experts_per_layer, Mapping, field, "an object {block name: expert count}", optional=True)
-    for name, count in (experts_per_layer or {}).items():
-        path = f"{field}[{_show(name)}]"
-        block = _known(by_name, name, path)
-        # Bounded by the skeleton's own expert count (its config's, the shape of its tensors), never by the file.
-        _check_int(count, path, "an int expert count", 1, block.num_experts)
-        _check_keep(block, count, path)
-        counts[name] = count
-    field = f"{prefix}.expert_widths"
-    _check_type(expert_widths, Mapping, field, "an object {block name: expert widths}", optional=True)
-    for name, widths in (expert_widths or {}).items():
-        path = f"{field}[{_show(name)}]"
-        block = _known(by_name, name, path)
-        _check_type(widths, (list, tuple), path, "a list of expert widths")
-        expected = counts.get(name, block.num_experts)
-        if len(widths) != expected:
-            raise ValueError(f"{path}: expected one width per kept expert ({expected}), got {len(widths)}.")
-        from .neurons.layout import neuron_layout
-
-        try:
-            width = neuron_layout(block.experts).width
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
-        for i, value in enumerate(widths):
-            _check_int(value, f"{path}[{i}]", "an int expert width", 1, width)
-
-
-def check_saved_plan(plan, blocks: list, source: str) -> None:
-    """Check that the plan file of a loaded pruned checkpoint describes its weights (a re-save writes its counts).
-
-    Args:
-        plan (`PrunePlan`): The plan read from the checkpoint.
-        blocks (`list[MoEBlock]`): The loaded model's MoE blocks.
-        source (`str`): The plan file, for the messages.
-
-    Raises:
-        `ValueError`: the plan names other blocks or other expert counts than the checkpoint holds.
-    """
-    by_name = {b.name: b for b in blocks}
-    for i, block_plan in enumerate(plan.blocks):
-        block = _known(by_name, block_plan.name, f"{source}: blocks[{i}].name")
-        if block.num_experts != block_plan.num_kept:
-            raise ValueError(
-                f"{source}: blocks[{i}] keeps {block_plan.num_kept} experts of {block.name}, but the checkpoint's "
-                f"weights hold {block.num_experts}: the plan file does not describe this checkpoint."
-            )

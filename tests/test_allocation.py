@@ -105,7 +105,7 @@ def test_evolutionary_allocation_keeps_the_budget_and_never_loses_to_its_start()
     import hf_moe_prune
     from hf_moe_prune import MoEPruneConfig, find_blocks
     from hf_moe_prune.allocation import fit_budget
-    from hf_moe_prune.allocation_adaptive import _agreement, evolutionary_allocation
+    from hf_moe_prune.allocation.evolutionary import _agreement, evolutionary_allocation
     from hf_moe_prune.testing import tiny_model
 
     rows = torch.randint(1, 300, (4, 24), generator=torch.Generator().manual_seed(0))
@@ -141,7 +141,7 @@ def test_outlier_allocation_reads_every_expert_layout(family, rows):
     (transposed or not), DBRX's flattened rows, one module per expert, or split over modules."""
     import copy
 
-    from hf_moe_prune.allocation_adaptive import input_weights
+    from hf_moe_prune.allocation.outlier import input_weights
     from hf_moe_prune.testing import tiny_model
 
     model = tiny_model(family, router_scale=4.0)

@@ -72,7 +72,8 @@ def test_eval_prints_perplexity_kl_and_agreement_against_the_recorded_base(prune
 @contextlib.contextmanager
 def loopback_hub(tmp_path):
     try:
-        from hf_moe_prune.testing.hub_server import HubServer, hub_environment
+        from hf_moe_prune.testing.hub_environment import hub_environment
+        from hf_moe_prune.testing.hub_server import HubServer
     except ImportError:
         yield None
         return

@@ -6,7 +6,7 @@ import pytest
 import hf_moe_prune
 from hf_moe_prune import MoEPruneConfig
 from hf_moe_prune.calibration import calibration_rows
-from hf_moe_prune.evaluation import evaluate, format_markdown
+from hf_moe_prune.pipeline.evaluation import evaluate, format_markdown
 from hf_moe_prune.testing import SAMPLE_TEXT, tiny_model
 
 TEXTS = {"a": [SAMPLE_TEXT] * 6, "b": [SAMPLE_TEXT[::-1]] * 6}

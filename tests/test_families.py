@@ -157,7 +157,7 @@ def test_jetmoe_prunes_mlp_experts_and_leaves_attention_experts(tmp_path):
 def test_switch_transformers_prunes_encoder_and_decoder_layers(tmp_path, tokenizer):
     from transformers import AutoModelForSeq2SeqLM
 
-    from hf_moe_prune.evaluation import evaluate
+    from hf_moe_prune.pipeline.evaluation import evaluate
     from hf_moe_prune.testing import SAMPLE_TEXT
 
     model = tiny_model("switch_transformers", router_scale=4.0)
@@ -232,7 +232,7 @@ def test_expert_groups_no_calibration_token_reaches_are_named(caplog):
     model = tiny_model("ernie4_5_vl_moe_text", router_scale=4.0)
     names = [b.name for b in find_blocks(model)]
     assert sum(n.endswith("vision_moe") for n in names) == sum(n.endswith("text_moe") for n in names) == 2
-    with caplog.at_level("WARNING", logger="hf_moe_prune.api"):
+    with caplog.at_level("WARNING", logger="hf_moe_prune.pipeline"):
         hf_moe_prune.prune(model, MoEPruneConfig("reap", 0.5, calibration=ROWS), progress=False)
     assert "No calibration token was routed to 2 MoE block(s)" in caplog.text and "vision_moe" in caplog.text
     assert "text_moe" not in caplog.text

@@ -16,11 +16,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_moe_prune
 from hf_moe_prune import MoEPruneConfig, find_blocks
-from hf_moe_prune.card import attach_quality
-from hf_moe_prune.evaluation import evaluate
-from hf_moe_prune.hub import PushToHubError
+from hf_moe_prune.export.card import attach_quality
+from hf_moe_prune.export.hub import PushToHubError
+from hf_moe_prune.pipeline.evaluation import evaluate
 from hf_moe_prune.testing import fixture_path, mixed_texts
-from hf_moe_prune.testing.hub_server import HubServer, hub_environment
+from hf_moe_prune.testing.hub_environment import hub_environment
+from hf_moe_prune.testing.hub_server import HubServer
 
 from .conftest import CALIBRATION
 

@@ -193,7 +193,7 @@ def test_allocation_none_means_uniform():
 def test_saved_tokenizer_names_a_class_transformers_4_57_knows(tokenizer, tmp_path):
     from transformers import AutoTokenizer
 
-    from hf_moe_prune.saving import save_tokenizer
+    from hf_moe_prune.export.saving import save_tokenizer
 
     save_tokenizer(tokenizer, tmp_path)
     assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"

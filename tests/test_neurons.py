@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 
 import hf_moe_prune
 from hf_moe_prune import ADAPTERS, MoEPruneConfig, find_blocks
-from hf_moe_prune.neurons import WidthGroupedExperts, neuron_layout, prune_neurons
+from hf_moe_prune.reshape.grouped import WidthGroupedExperts, prune_neurons
+from hf_moe_prune.reshape.neuron_layout import neuron_layout
 from hf_moe_prune.testing import fixture_path, fixture_texts, tiny_model
 
 ROWS = torch.randint(1, 300, (4, 24), generator=torch.Generator().manual_seed(0))
@@ -216,7 +217,7 @@ def test_a_neuron_pruned_model_is_not_pruned_again():
 
 
 def test_remote_code_publishing_refuses_experts_of_different_widths():
-    from hf_moe_prune.hub import push_to_hub
+    from hf_moe_prune.export.hub import push_to_hub
 
     model = tiny_model("qwen3_moe")
     hf_moe_prune.prune(model, MoEPruneConfig("tenp", 0.4, calibration=ROWS), progress=False)

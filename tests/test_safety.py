@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, Qwen3MoeForCausalLM
 import hf_moe_prune
 from hf_moe_prune import MoEPruneConfig
 from hf_moe_prune.calibration import runner
-from hf_moe_prune.portable import LOAD_HINT, MARKER, mark_config_dict, read_config_dict, unmark_config_dict
+from hf_moe_prune.export.portable import LOAD_HINT, MARKER, mark_config_dict, read_config_dict, unmark_config_dict
 from hf_moe_prune.testing import SAMPLE_TEXT, tiny_model, tiny_tokenizer
 
 from .conftest import CALIBRATION
@@ -353,7 +353,7 @@ def test_newer_format_is_refused_and_older_still_loads(tmp_path):
 
 
 def test_automatic_streaming_only_for_cpu_targets(checkpoints):
-    from hf_moe_prune.integration import _streams
+    from hf_moe_prune.integration.loading import _streams
 
     path = checkpoints["qwen3_moe"]
     config = read_config_dict(path, {})

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM
 
 import hf_moe_prune
 from hf_moe_prune import BlockPlan, MoEPruneConfig, PrunePlan, cli, find_blocks
-from hf_moe_prune.integration import _shrink_skeleton
+from hf_moe_prune.integration.quantizer import _shrink_skeleton
 from hf_moe_prune.testing import save_tiny_model, tiny_config, tiny_model, tiny_tokenizer
 
 CRAFTED = 300_000_000  # experts claimed by a crafted checkpoint: `list(range(CRAFTED))` alone is 3.6 GB
@@ -208,7 +208,7 @@ def test_cli_plan_apply_refuses_crafted_plans(kept, message, base, tmp_path, cap
 
 
 def test_grouped_routing_needs_the_same_count_in_every_group():
-    from hf_moe_prune.validation import check_plan
+    from hf_moe_prune.pipeline.checks import check_plan
 
     model = tiny_model("deepseek_v3")  # 8 experts in 2 groups of 4, top-2: at least 2 per group
     blocks = find_blocks(model)
@@ -258,7 +258,7 @@ def test_crafted_expert_widths_are_refused_before_allocating():
     ],
 )
 def test_pruned_metadata_errors_name_the_field(experts_per_layer, expert_widths, error, message):
-    from hf_moe_prune.validation import check_pruned_metadata
+    from hf_moe_prune.pipeline.checks import check_pruned_metadata
 
     with pytest.raises(error, match=re.escape(message)):
         check_pruned_metadata(find_blocks(_skeleton()), experts_per_layer, expert_widths)
@@ -352,7 +352,7 @@ def _mutate(rng: random.Random, data):
 
 
 def test_fuzz_plan_json_fails_cleanly_naming_the_field(tmp_path):
-    from hf_moe_prune.validation import check_plan
+    from hf_moe_prune.pipeline.checks import check_plan
 
     rng = random.Random(15)
     blocks = find_blocks(tiny_model("qwen3_moe"))
@@ -407,7 +407,7 @@ def _metadata_value(rng: random.Random, widths: bool):
 
 
 def test_fuzz_checkpoint_metadata_fails_cleanly_naming_the_field():
-    from hf_moe_prune.validation import check_pruned_metadata
+    from hf_moe_prune.pipeline.checks import check_pruned_metadata
 
     rng = random.Random(8)
     pristine = _skeleton()

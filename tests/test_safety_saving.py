@@ -21,7 +21,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_moe_prune import MoEPruneConfig, cli
-from hf_moe_prune.saving import save_pruned
+from hf_moe_prune.export.saving import save_pruned
 from hf_moe_prune.testing import SAMPLE_TEXT, save_tiny_model
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
@@ -172,7 +172,7 @@ def test_report_measures_the_size_before_saving(source, tmp_path, capsys):
 
 def _full_disk_in(monkeypatch, where: str) -> None:
     """Make the save run out of space in the middle of the weights or of tokenizer.json."""
-    from hf_moe_prune import saving
+    from hf_moe_prune.export import saving
 
     def no_space(path: Path) -> None:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # what a full disk leaves: a truncated file
@@ -236,14 +236,14 @@ def test_next_save_removes_leftovers_and_restores_a_previous_model(pruned, old_m
     with pytest.raises(FileExistsError, match=r"mv .*\.out\.old-fedcba98"):
         save_pruned(model, target)
     assert snapshot(tmp_path / ".out.old-fedcba98") == backup
-    caplog.set_level("WARNING", logger="hf_moe_prune.atomic")
+    caplog.set_level("WARNING", logger="hf_moe_prune.export.atomic")
     save_pruned(model, target, tokenizer=tokenizer, overwrite=True)  # restored first, then replaced as asked
     assert "Restored" in caplog.text and hidden(target) == []
     assert_complete(target)
 
 
 def test_a_live_save_is_never_disturbed(pruned, tmp_path):
-    from hf_moe_prune import atomic
+    from hf_moe_prune.export import atomic
 
     model, _ = pruned
     target = tmp_path / "out"
@@ -261,7 +261,8 @@ DRIVER = textwrap.dedent(
     """
     import os, shutil, signal, sys
     import transformers.modeling_utils
-    from hf_moe_prune import atomic, card, cli, plan, saving
+    from hf_moe_prune import cli, plan
+    from hf_moe_prune.export import atomic, card, saving
 
     point, when, nth = os.environ["KILL_AT"].split(":")
     calls = 0
@@ -287,13 +288,13 @@ DRIVER = textwrap.dedent(
         setattr(owner, name, killing)
 
     if os.environ.get("NO_EXCHANGE"):  # the two-rename replace of systems without an atomic exchange
-        atomic._exchange = lambda first, second: False
+        atomic.exchange = lambda first, second: False
     points = {
         "weights": (transformers.modeling_utils, "safe_save_file"),
         "tokenizer": (saving, "save_tokenizer"),
         "plan": (plan.PrunePlan, "save"),
         "card": (card, "write_model_card"),
-        "exchange": (atomic, "_exchange"),
+        "exchange": (atomic, "exchange"),
         "replace": (os, "replace", ours),
         "rmtree": (shutil, "rmtree", ours),
     }

@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import hf_moe_prune
 import hf_moe_prune.streaming as streaming
 from hf_moe_prune import MoEPruneConfig
-from hf_moe_prune.api import prepare
+from hf_moe_prune.pipeline import prepare
 from hf_moe_prune.streaming import StreamingRefused, stream_prune, streaming_refusal
 from hf_moe_prune.streaming import layers as streaming_layers
 from hf_moe_prune.streaming.kernels import RowBuckets, bucket
@@ -121,7 +121,7 @@ def test_streaming_refusal_contract(tmp_path):
     reason = streaming_refusal(compel.config, compel.method, compel.blocks)
     assert reason.startswith("Streaming (plan before load) cannot do this") and "needs gradients" in reason
     with pytest.raises(StreamingRefused) as error:
-        streaming._check_streamable(compel.config, compel.method, "dense", compel.blocks)
+        streaming.check_streamable(compel.config, compel.method, "dense", compel.blocks)
     assert str(error.value) == reason
     pruned = AutoConfig.from_pretrained(_save_pruned(tmp_path / "pruned", _config(ratio=0.6, allocation="global")))
     assert "per-layer expert counts" in streaming_refusal(job.config, job.method, job.blocks, model_config=pruned)

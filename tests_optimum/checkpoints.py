@@ -44,7 +44,7 @@ def _prune(name: str, out: Path) -> None:
 
     import hf_moe_prune
     from hf_moe_prune import MoEPruneConfig
-    from hf_moe_prune.saving import save_tokenizer
+    from hf_moe_prune.export.saving import save_tokenizer
     from hf_moe_prune.testing import SAMPLE_TEXT, fixture_path, mixed_texts, tiny_model, tiny_tokenizer
 
     source, options = CHECKPOINTS[name]

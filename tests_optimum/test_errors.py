@@ -1,10 +1,10 @@
-"""Errors of `hf_moe_prune.optimum` that every environment can check (main, OpenVINO, ONNX Runtime)."""
+"""Errors of `hf_moe_prune.integration.optimum` that every environment can check (main, OpenVINO, ONNX Runtime)."""
 
 import importlib.util
 
 import pytest
 
-from hf_moe_prune.optimum import OptimumBackendError, backend, load_model, pipeline, require
+from hf_moe_prune.integration.optimum import OptimumBackendError, backend, load_model, pipeline, require
 
 
 def _installed(module: str) -> bool:

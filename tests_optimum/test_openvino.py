@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("optimum.intel", reason="needs the OpenVINO environment (tests_optimum/run.sh)")
 
-from hf_moe_prune.optimum import load_model, pipeline, supported_families  # noqa: E402
+from hf_moe_prune.integration.optimum import load_model, pipeline, supported_families  # noqa: E402
 
 from .checkpoints import GENERATE  # noqa: E402
 from .conftest import load_reference  # noqa: E402

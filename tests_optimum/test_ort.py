@@ -13,7 +13,7 @@ pytest.importorskip("optimum.onnxruntime", reason="needs the ONNX Runtime enviro
 
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
-from hf_moe_prune.optimum import load_model, pipeline, supported_families  # noqa: E402
+from hf_moe_prune.integration.optimum import load_model, pipeline, supported_families  # noqa: E402
 
 from .checkpoints import GENERATE  # noqa: E402
 from .conftest import load_reference  # noqa: E402

@@ -3,7 +3,15 @@
 import importlib
 import pkgutil
 
-from .base import ADAPTERS, MoEAdapter, MoEBlock, find_blocks, get_adapter, per_expert_modules, text_config
+from hf_moe_prune.adapters.base import (
+    ADAPTERS,
+    MoEAdapter,
+    MoEBlock,
+    find_blocks,
+    get_adapter,
+    per_expert_modules,
+    text_config,
+)
 
 # A new family is one new file here: no list to keep in sync.
 for _module in pkgutil.iter_modules(__path__):

@@ -3,7 +3,7 @@
 Router logits from `router.gate`, a per-expert selection bias `expert_bias` on the block.
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "afmoe",

@@ -2,7 +2,7 @@
 selected experts; fused experts stored transposed (`[E, in, out]`, expert dimension still first); shared
 `shared_experts` left alone. Only the decoder's experts are pruned; the vision tower is left alone."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "aria_text",

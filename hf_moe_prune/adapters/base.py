@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..registry import Registry
+from hf_moe_prune.registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn

@@ -2,7 +2,7 @@
 experts stored flattened as `experts.mlp.{w1, v1, w2}` of shape `[E * ffn_hidden, hidden]`, sliced per expert; the
 expert count lives in the nested `ffn_config.moe_num_experts`."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "dbrx",

@@ -3,7 +3,7 @@ router `gate`, greedy or group-limited, `routed_scaling_factor`); fused routed e
 `shared_experts` left alone; dense layers from `mlp_layer_types` have no MoE block. Only the decoder's experts are
 pruned; the SAM + encoder vision tower and the projector are left alone."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "deepseek_ocr2_text",

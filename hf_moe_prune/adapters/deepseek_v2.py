@@ -1,6 +1,6 @@
 """deepseek_v2: router `gate`; fused routed experts `experts`; shared `shared_experts` left alone."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "deepseek_v2",

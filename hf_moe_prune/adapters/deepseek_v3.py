@@ -5,7 +5,7 @@ Sigmoid scores plus `e_score_correction_bias` (selection only), group-limited to
 `routed_scaling_factor`; `first_k_dense_replace` dense layers have no MoE block.
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "deepseek_v3",

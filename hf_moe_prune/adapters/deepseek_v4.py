@@ -9,7 +9,7 @@ pruned; the plan is then non-uniform and reloads through the saved per-layer cou
 experts of both kinds of layer.
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "deepseek_v4",

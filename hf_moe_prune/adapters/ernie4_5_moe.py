@@ -3,7 +3,7 @@
 The score-correction bias lives in `gate.moe_statics` with the expert axis on dim 1.
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "ernie4_5_moe",

@@ -9,7 +9,7 @@ the config's expert count and the layer's router-logits width, so every group ke
 vision tower is left alone.
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "ernie4_5_vl_moe_text",

@@ -1,5 +1,5 @@
 """flint: router `gate`; fused routed experts `experts`; shared `shared_expert` left alone."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add("flint", MoEAdapter("flint", "FlintSparseMoeBlock", shared=("shared_expert",)))

@@ -3,7 +3,7 @@ the decoder layer itself, next to a dense MLP that always runs, so the block is 
 with `enable_moe_block` have them). Softmax top-k over the logits of `router.proj`, renormalized, then multiplied by
 the learned `router.per_expert_scale` (sliced with the router) before the experts apply them."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "gemma4_text",

@@ -2,7 +2,7 @@
 `e_score_correction_bias` sliced with the router.
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "glm4_moe_lite",

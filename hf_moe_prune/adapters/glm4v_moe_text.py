@@ -2,7 +2,7 @@
 `e_score_correction_bias`, group-limited top-k); shared `shared_experts` left alone. Only the decoder's experts are
 pruned; the vision tower is left alone."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "glm4v_moe_text",

@@ -2,7 +2,7 @@
 `e_score_correction_bias` and group-limited top-k (as deepseek_v3), fused routed experts `experts`, shared
 `shared_experts` left alone; dense layers from `mlp_layer_types` have no MoE block."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "glm5_next_text",

@@ -3,7 +3,7 @@
 top-k indices beside the hidden states (`layer_state`: no streaming).
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "glm_moe_dsa",

@@ -4,7 +4,7 @@ Router with a bias; top-k of the biased logits, softmax over the selected; trans
 experts with biases.
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "gpt_oss",

@@ -1,6 +1,6 @@
 """granitemoehybrid: router `router`; fused routed experts `experts`."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "granitemoehybrid",

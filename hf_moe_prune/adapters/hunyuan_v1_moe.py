@@ -3,7 +3,7 @@
 Router logits from the linear `gate.wg`.
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "hunyuan_v1_moe",

@@ -1,6 +1,6 @@
 """hy_v3: router `gate`; fused routed experts `experts`; shared `shared_experts` left alone."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "hy_v3",

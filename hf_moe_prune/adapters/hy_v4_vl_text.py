@@ -3,7 +3,7 @@
 shared `shared_experts` left alone; dense layers from `mlp_layer_types` have no MoE block. Only the decoder's experts
 are pruned; the vision tower is left alone."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "hy_v4_vl_text",

@@ -1,7 +1,7 @@
 """inkling2_loop_text: as inkling2_text (softmax top-k router `gate` with `e_score_correction_bias`, sliced; fused
 experts); its decoder loops over the same layers, so each block's statistics add up over every pass."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "inkling2_loop_text",

@@ -6,7 +6,7 @@ of one softmax with the chosen routed experts' (the shared experts act as a sink
 sliced and never masked.
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "inkling_text",

@@ -7,7 +7,7 @@ config key counts the MLP experts alone: they are pruned, the attention experts 
 checkpoint carries its per-layer counts in `quantization_config` (no `count_keys`).
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "jetmoe",

@@ -2,6 +2,6 @@
 `e_score_correction_bias` sliced with the router.
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add("laguna", MoEAdapter("laguna", "LagunaSparseMoeBlock", shared=("shared_experts",)))

@@ -1,5 +1,5 @@
 """lfm2_moe: router `gate`; fused routed experts `experts`."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add("lfm2_moe", MoEAdapter("lfm2_moe", "Lfm2MoeSparseMoeBlock", extra_tensors=("expert_bias",)))

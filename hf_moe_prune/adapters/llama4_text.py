@@ -5,7 +5,7 @@ Statistics: the selected experts and gates come from the router's `[tokens, E]` 
 selected expert is f_j(g * x), which already carries the gate, so REAP's g * ||f_j|| is read as ||f_j(g * x)||.
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "llama4_text",

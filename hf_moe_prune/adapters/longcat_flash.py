@@ -6,7 +6,7 @@ classifier weight, of `e_score_correction_bias` and of the experts' `gate_up_pro
 never masked, and never counted as routed experts; their picks reach the experts module as indices >= E.
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "longcat_flash",

@@ -1,6 +1,6 @@
 """mimo_v2_flash: router `gate`; fused routed experts `experts`; `e_score_correction_bias` sliced with the router."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "mimo_v2_flash",

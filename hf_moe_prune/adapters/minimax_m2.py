@@ -1,6 +1,6 @@
 """minimax_m2: router `gate`; fused routed experts `experts`."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "minimax_m2",

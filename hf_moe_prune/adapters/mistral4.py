@@ -1,6 +1,6 @@
 """mistral4: router `gate`; fused routed experts `experts`; shared `shared_experts` left alone."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "mistral4",

@@ -1,6 +1,6 @@
 """Mixtral: softmax top-k router `gate` that always renormalizes over the selected experts."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "mixtral",

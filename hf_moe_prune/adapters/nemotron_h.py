@@ -4,7 +4,7 @@
 Relu² experts with `up_proj` only, latent projections around them.
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "nemotron_h",

@@ -2,7 +2,7 @@
 `router` and fused experts; its own `num_experts` attribute is the top-k output multiplier, not the expert count
 (slicing only rewrites attributes that hold the count)."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "openai_privacy_filter",

@@ -1,6 +1,6 @@
 """Qwen1.5/Qwen2-MoE: softmax top-k router `gate` (no renormalization by default), sigmoid-gated shared expert."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "qwen2_moe",

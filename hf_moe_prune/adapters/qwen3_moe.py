@@ -1,6 +1,6 @@
 """Qwen3-MoE: softmax top-k router `gate`, fused experts, `norm_topk_prob` renormalization, no shared expert."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 # transformers >= 5 writes `num_local_experts`; 4.57 reads `num_experts` (and defaults to 128 without it).
 ADAPTERS.add(

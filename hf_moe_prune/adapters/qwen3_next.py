@@ -2,7 +2,7 @@
 alone.
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "qwen3_next",

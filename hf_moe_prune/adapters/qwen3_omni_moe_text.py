@@ -3,7 +3,7 @@
 experts `experts`; no shared expert; dense layers from `mlp_only_layers`/`decoder_sparse_step` have no MoE block. Only
 the decoder's experts are pruned; the audio and vision towers are left alone."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "qwen3_omni_moe_text",

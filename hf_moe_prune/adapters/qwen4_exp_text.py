@@ -3,7 +3,7 @@ top-k router `gate` (optionally renormalized); fused routed experts `experts`; s
 `shared_expert`/`shared_expert_gate` left alone. Every layer (linear or indexed attention) has a MoE block. Only the
 decoder's experts are pruned; the vision tower is left alone."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "qwen4_exp_text",

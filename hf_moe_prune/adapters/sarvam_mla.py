@@ -2,7 +2,7 @@
 sigmoid router with `e_score_correction_bias` (sliced), group-limited routing rules, shared experts untouched, dense
 first layers skipped. The count lives in `n_routed_experts`."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "sarvam_mla",

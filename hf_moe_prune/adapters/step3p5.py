@@ -3,7 +3,7 @@ router `gate` with a sliced `e_score_correction_bias`, renormalized top-k; fused
 `shared_experts` left alone; dense layers from `mlp_layer_types` have no MoE block. Only the decoder's experts are
 pruned; the vision tower is left alone."""
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "step3p5",

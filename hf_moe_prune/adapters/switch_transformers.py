@@ -9,7 +9,7 @@ long sequences may overflow: raise `expert_capacity` in the config (`from_pretra
 that matters. Encoder layers are numbered first, decoder layers after them.
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "switch_transformers",

@@ -10,7 +10,7 @@ Each router also adds the previous layer's router states (`prev_router_hidden_st
 the block does not route alone (compensation that re-runs blocks is refused) and streaming is refused.
 """
 
-from .base import ADAPTERS, MoEAdapter
+from hf_moe_prune.adapters.base import ADAPTERS, MoEAdapter
 
 ADAPTERS.add(
     "zaya",

@@ -38,7 +38,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from .stats import LayerStats
+from hf_moe_prune.calibration.stats import LayerStats
 
 
 def is_distributed() -> bool:
@@ -83,7 +83,7 @@ def local_batches(num_rows: int, batch_size: int) -> list[int]:
 def check_recorders(recorders: tuple) -> None:
     """Raise when block-input recorders are asked for under a process group: their samples are not gathered."""
     if recorders and is_distributed():
-        from ..registries import ALLOCATIONS, COMPENSATIONS
+        from hf_moe_prune.registries import ALLOCATIONS, COMPENSATIONS
 
         users = [f"allocation={a!r}" for a in ALLOCATIONS.names() if not ALLOCATIONS.get(a).distributed]
         users += [f"compensation={c!r}" for c in COMPENSATIONS.names() if not COMPENSATIONS.get(c).distributed]

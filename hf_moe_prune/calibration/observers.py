@@ -8,7 +8,8 @@ Output norms ||f_j(x)|| need each routed expert's output before gating, which th
 those the observer calls the model's own experts forward once on the routed (token, slot) rows with unit gates: it
 evaluates exactly the same k expert rows per token as the normal forward, records the norms, and returns the gated sum.
 Per-neuron statistics need the intermediate activations too: then each routed expert is evaluated from its fused
-tensors by `hf_moe_prune.neurons.expert_intermediate` (the module's own gate function and activation), once.
+tensors by `hf_moe_prune.reshape.neuron_layout.expert_intermediate` (the module's own gate function and
+activation), once.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..adapters import MoEBlock
-from ..methods import NEURON_STATISTICS, OUTPUT_STATISTICS
-from ..patching import wrap_experts
-from .stats import LayerStats
+from hf_moe_prune.adapters import MoEBlock
+from hf_moe_prune.calibration.hooks import wrap_experts
+from hf_moe_prune.calibration.stats import LayerStats
+from hf_moe_prune.calibration.vocabulary import NEURON_STATISTICS, OUTPUT_STATISTICS
 
 
 class ExpertObserver:
@@ -30,7 +31,7 @@ class ExpertObserver:
         self.names = frozenset(names)
         self.layout = None
         if self.names & NEURON_STATISTICS:
-            from ..neurons import neuron_layout
+            from hf_moe_prune.reshape.neuron_layout import neuron_layout
 
             self.layout = neuron_layout(block.experts)  # raises for experts whose neurons cannot be located
         width = self.layout.width if self.layout is not None else None
@@ -159,7 +160,7 @@ class ExpertObserver:
     @torch.no_grad()
     def _per_expert(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Outputs f_j(x) of every (token, slot) row, recording per-neuron statistics on the way."""
-        from ..neurons.layout import down_columns, expert_intermediate
+        from hf_moe_prune.reshape.neuron_layout import down_columns, expert_intermediate
 
         experts, stats = self.block.experts, self.stats
         outputs = torch.zeros_like(rows)

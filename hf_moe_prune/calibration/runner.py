@@ -8,10 +8,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils.logging import is_progress_bar_enabled
 
-from ..adapters import MoEBlock
-from .distributed import BatchSums, check_recorders, is_main_process, local_batches
-from .observers import ExpertObserver
-from .stats import LayerStats
+from hf_moe_prune.adapters import MoEBlock
+from hf_moe_prune.calibration.distributed import BatchSums, check_recorders, is_main_process, local_batches
+from hf_moe_prune.calibration.observers import ExpertObserver
+from hf_moe_prune.calibration.stats import LayerStats
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

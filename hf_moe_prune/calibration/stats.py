@@ -6,22 +6,23 @@ from collections.abc import Iterable
 
 import torch
 
+from hf_moe_prune.calibration.vocabulary import NEURON_STATISTICS
+
 
 class LayerStats:
     """Named float64 sums over the routed (token, expert) pairs of one MoE block, plus the token count.
 
-    Per-expert statistics are `[E]`; per-neuron statistics (`hf_moe_prune.methods.NEURON_STATISTICS`) `[E, width]`.
+    Per-expert statistics are `[E]`; per-neuron statistics (`hf_moe_prune.calibration.vocabulary.NEURON_STATISTICS`)
+    `[E, width]`.
 
     Args:
         num_experts (`int`): Number of routed experts of the block.
-        names (`Iterable[str]`): Statistics to hold (see `hf_moe_prune.methods.STATISTICS`).
+        names (`Iterable[str]`): Statistics to hold (see `hf_moe_prune.calibration.vocabulary.STATISTICS`).
         width (`int`, *optional*): Intermediate neurons per expert, for per-neuron statistics (without it they are
             created, zero, at their first `add_`).
     """
 
     def __init__(self, num_experts: int, names: Iterable[str] = (), width: int | None = None):
-        from ..methods import NEURON_STATISTICS
-
         self.num_experts = num_experts
         self.tensors: dict[str, torch.Tensor] = {}
         for name in names:

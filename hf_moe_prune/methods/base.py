@@ -9,31 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..registries import METHODS
-from ..registry import closest
-
-# Statistics the calibration engine can collect per MoE block, all sums over routed (token, expert) pairs, so that
-# batches, devices and processes add up:
-#   count          number of tokens routed to the expert
-#   gate_sum       sum of the gate values the model applied
-#   norm_sum       sum of ||f_j(x)||_2, the expert output before gating
-#   gate_norm_sum  sum of g_j(x) * ||f_j(x)||_2
-#   direction_sum  sum of g_j(x) * ||f_j(x)||_2 * (1 - cos(x, x + g_j(x) f_j(x))): how far the expert turns its input
-# and, per intermediate neuron i of expert j (`[E, I]` sums; a_i(x) the neuron's activation, W_d the down projection):
-#   neuron_magnitude   sum of |a_i(x)| * ||W_d[:, i]||
-#   neuron_projection  sum of a_i(x) * (W_d[:, i] . f_j(x) / ||f_j(x)||)
-STATISTICS = (
-    "count",
-    "gate_sum",
-    "norm_sum",
-    "gate_norm_sum",
-    "direction_sum",
-    "neuron_magnitude",
-    "neuron_projection",
-)
-NEURON_STATISTICS = frozenset({"neuron_magnitude", "neuron_projection"})
-# Need the experts' outputs, not only the routing.
-OUTPUT_STATISTICS = frozenset({"norm_sum", "gate_norm_sum", "direction_sum"}) | NEURON_STATISTICS
+# The statistics vocabulary belongs to calibration (what it can observe); methods name what they require from it.
+from hf_moe_prune.calibration.vocabulary import NEURON_STATISTICS, OUTPUT_STATISTICS, STATISTICS  # noqa: F401
+from hf_moe_prune.registries import METHODS
+from hf_moe_prune.registry import closest
 
 
 @dataclass(frozen=True)
@@ -51,7 +30,7 @@ class ScoringMethod:
         default_allocation (`str`): Allocation used when the config does not name one.
         default_compensation (`str`): Compensation used when the config does not name one.
         unit (`str`): What the method prunes by default: `"expert"` (whole experts) or `"neuron"` (intermediate
-            neurons inside experts, see `hf_moe_prune.neurons`).
+            neurons inside experts, see `hf_moe_prune.allocation.neurons`).
         options (`Mapping[str, type]`, *optional*): The `method_kwargs` the method reads and their types (`bool`,
             `int`, `float`, `str`). Defaults to the keyword parameters of `score` (their values are then checked by
             running `score` on empty statistics), which is what every forward-statistics method needs.
@@ -108,7 +87,7 @@ class ScoringMethod:
         if self.options is None:
             # Run the pure score function on empty statistics: a bad value (reduce="avg") fails now, not after the
             # calibration pass.
-            from ..calibration.stats import LayerStats
+            from hf_moe_prune.calibration.stats import LayerStats
 
             given = {k: v for k, v in method_kwargs.items() if k in own}
             stats = LayerStats(2, self.requires - NEURON_STATISTICS)
@@ -129,8 +108,6 @@ def _check_type(field: str, value, kind: type) -> None:
         ok = isinstance(value, kind)
     if not ok:
         raise TypeError(f"{field} must be {'a finite number' if kind is float else kind.__name__}, got {value!r}.")
-
-
 
 
 def register_method(

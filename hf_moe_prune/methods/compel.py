@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..patching import wrap_experts
-from .base import register_method
+from hf_moe_prune.calibration.hooks import wrap_experts
+from hf_moe_prune.methods.base import register_method
 
 
 def _patch_soft_path(block):
@@ -48,7 +48,7 @@ def _patch_soft_path(block):
 
 def compel_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, torch.Tensor]:
     """Empirical Fisher of every routed expert's parameters (see the module docstring)."""
-    from ..calibration.runner import model_device, model_inputs
+    from hf_moe_prune.calibration.runner import model_device, model_inputs
 
     options = config.method_kwargs
     router_path = bool(options.get("router_path", True))

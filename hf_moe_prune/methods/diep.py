@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..patching import wrap_experts
-from .base import register_method
+from hf_moe_prune.calibration.hooks import wrap_experts
+from hf_moe_prune.methods.base import register_method
 
 
 def diep_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, torch.Tensor]:
-    from ..calibration.runner import model_device, model_inputs
-    from ..reshape import _MaskRouterLogits
+    from hf_moe_prune.calibration.runner import model_device, model_inputs
+    from hf_moe_prune.reshape.mask import MaskRouterLogits
 
     opts = config.method_kwargs
     steps, lr = int(opts.get("steps", 100)), float(opts.get("lr", 0.1))
@@ -80,7 +80,7 @@ def diep_fit(model, blocks, rows, config, progress: bool = True) -> dict[str, to
             masks = [torch.sigmoid(a + beta[i]) for i, a in enumerate(alpha)]
             masks_now[:] = masks
             log_masks = {id(b.router_weight): torch.log(m.clamp(min=1e-6)) for b, m in zip(blocks, masks, strict=True)}
-            with _MaskRouterLogits(log_masks):
+            with MaskRouterLogits(log_masks):
                 student = F.log_softmax(model(**model_inputs(model, ids), use_cache=False).logits.float(), dim=-1)
             kl = F.kl_div(student.flatten(0, 1), teacher.flatten(0, 1), log_target=True, reduction="batchmean")
             flat = torch.cat(masks)

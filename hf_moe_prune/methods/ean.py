@@ -5,7 +5,7 @@
 REAP's `ean_mean` (arXiv 2510.13999). `method_kwargs={"reduce": "sum"}` gives `ean_sum` (frequency-weighted).
 """
 
-from .base import per_routed_token, register_method
+from hf_moe_prune.methods.base import per_routed_token, register_method
 
 
 @register_method("ean", requires=("count", "norm_sum"), reference="REAP baseline, arXiv 2510.13999")

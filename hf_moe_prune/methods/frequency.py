@@ -5,7 +5,7 @@
 The classic usage baseline (REAP's `frequency`, arXiv 2510.13999; NAEE and MC-SMoE use it to find dominant experts).
 """
 
-from .base import register_method
+from hf_moe_prune.methods.base import register_method
 
 
 @register_method("frequency", requires=("count",), reference="REAP baseline, arXiv 2510.13999")

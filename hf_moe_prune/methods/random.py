@@ -2,7 +2,7 @@
 
 import torch
 
-from .base import register_method
+from hf_moe_prune.methods.base import register_method
 
 
 @register_method("random", requires=(), reference="baseline")

@@ -11,7 +11,7 @@ Unlike the reference code, which runs every expert on every token, only the rout
 evaluated: the statistic only ever looks at them.
 """
 
-from .base import per_routed_token, register_method
+from hf_moe_prune.methods.base import per_routed_token, register_method
 
 
 @register_method("reap", requires=("count", "gate_norm_sum"), reference="Lasby et al., arXiv 2510.13999")

@@ -6,7 +6,7 @@ REAP's `weighted_expert_frequency_sum` (arXiv 2510.13999), with g the gate the m
 renormalization), not a recomputed softmax.
 """
 
-from .base import register_method
+from hf_moe_prune.methods.base import register_method
 
 
 @register_method("soft_count", requires=("gate_sum",), reference="REAP baseline, arXiv 2510.13999")

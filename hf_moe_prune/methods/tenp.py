@@ -1,7 +1,7 @@
 """TENP: trapezoidal expert neuron pruning (He, Zhu, Xiong, Findings of ACL 2026, arXiv 2606.09885).
 
 Keeps every expert reachable: the most important experts of each layer stay whole, the others lose intermediate
-neurons, more of them in shallow layers than in deep ones (the "trapezoid", see `hf_moe_prune.neurons.schedule`).
+neurons, more of them in shallow layers than in deep ones (the "trapezoid", see `hf_moe_prune.allocation.neurons`).
 
 Expert importance combines the magnitude of the expert's gated output with how much it turns the direction of its
 input (the paper's two factors; no reference code exists, this is our reading, `importance="direction"`):
@@ -14,7 +14,7 @@ output direction (`neuron_score="projection"`). The paper's budget is the fracti
 (`ratio=0.4` in its headline result); the trapezoid's endpoints are `keep_whole` and `neuron_keep` in `method_kwargs`.
 """
 
-from .base import per_routed_token, register_method
+from hf_moe_prune.methods.base import per_routed_token, register_method
 
 
 @register_method(

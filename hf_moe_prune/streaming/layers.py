@@ -10,15 +10,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..adapters import find_blocks
-from ..allocation import keep_counts, select_experts
-from ..calibration.observers import ExpertObserver
-from ..calibration.runner import peak_memory
-from ..calibration.stats import LayerStats
-from ..plan import PrunePlan
-from ..reshape import mask_experts, slice_block
-from .checkpoint import EXPERT_INDEX, KeptRows, StreamingRefused, release, trim
-from .kernels import RowBuckets
+from hf_moe_prune.adapters import find_blocks
+from hf_moe_prune.allocation import keep_counts, select_experts
+from hf_moe_prune.calibration.observers import ExpertObserver
+from hf_moe_prune.calibration.runner import peak_memory
+from hf_moe_prune.calibration.stats import LayerStats
+from hf_moe_prune.plan import PrunePlan
+from hf_moe_prune.reshape import mask_experts, slice_block
+from hf_moe_prune.streaming.checkpoint import EXPERT_INDEX, KeptRows, StreamingRefused, release, trim
+from hf_moe_prune.streaming.kernels import RowBuckets
 
 
 class _StopForward(Exception):
@@ -79,7 +79,7 @@ def _run_layer(layer, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.
 
 
 def calibrate(model, job, layers, groups, checkpoint, loader, requires, propagation, kept_so_far, progress):
-    from ..api import statistics_needed
+    from hf_moe_prune.pipeline import statistics_needed
 
     config = job.config
     captured = capture_layer_inputs(model, layers, job.rows, config.batch_size)
@@ -124,7 +124,7 @@ def calibrate(model, job, layers, groups, checkpoint, loader, requires, propagat
 
 def load_compact(model, plan: PrunePlan, layers, groups, checkpoint, loader, progress) -> None:
     """Read only the kept experts' tensors into the model, shrunk to the plan first."""
-    from ..neurons import narrow_experts
+    from hf_moe_prune.reshape.grouped import narrow_experts
 
     plans = {b.name: b for b in plan.blocks}
     per_layer: dict[int, list] = {}

@@ -6,8 +6,15 @@ Use them to try an adapter or a method in seconds::
     model = tiny_model("qwen3_moe")
 """
 
-from .tiny import SAMPLE_TEXT, TINY_FAMILIES, save_tiny_model, tiny_config, tiny_model, tiny_tokenizer
-from .trained import DOMAINS, FIXTURES, fixture_path, fixture_texts, mixed_texts
+from hf_moe_prune.testing.tiny import (
+    SAMPLE_TEXT,
+    TINY_FAMILIES,
+    save_tiny_model,
+    tiny_config,
+    tiny_model,
+    tiny_tokenizer,
+)
+from hf_moe_prune.testing.trained import DOMAINS, FIXTURES, fixture_path, fixture_texts, mixed_texts
 
 __all__ = [
     "DOMAINS",

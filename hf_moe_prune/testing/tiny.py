@@ -15,7 +15,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from .tiny_configs import PARENTS, VOCAB_SIZE, tiny_kwargs
+from hf_moe_prune.testing.tiny_configs import PARENTS, VOCAB_SIZE, tiny_kwargs
 
 SAMPLE_TEXT = (
     "Mixture-of-Experts language models route every token to a few experts chosen by a learned router. "
@@ -31,7 +31,7 @@ TINY_FAMILIES = ("mixtral", "olmoe", "qwen2_moe", "qwen3_moe")
 
 def tiny_config(model_type: str, **overrides):
     """A tiny config of `model_type`: hidden 32, 2 MoE layers of 8 experts, top-2, vocabulary of `tiny_tokenizer()`."""
-    from ..adapters import ADAPTERS
+    from hf_moe_prune.adapters import ADAPTERS
 
     if model_type not in ADAPTERS:
         raise ValueError(f"No adapter for {model_type!r}; supported: {', '.join(ADAPTERS.names())}")
@@ -49,7 +49,7 @@ def tiny_model(model_type: str, seed: int = 0, router_scale: float = 20.0, **ove
     Router weights are scaled up by `router_scale` so that routing is decisive (as in trained models) instead of the
     near-uniform routing of a 0.02-std random init, which would make every expert look alike.
     """
-    from ..adapters import find_blocks
+    from hf_moe_prune.adapters import find_blocks
 
     torch.manual_seed(seed)
     config = tiny_config(model_type, **overrides)

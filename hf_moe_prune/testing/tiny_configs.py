@@ -10,7 +10,7 @@ from typing import Any
 
 from transformers import AutoConfig
 
-from ..families import COUNT_KEYS
+from hf_moe_prune.families import COUNT_KEYS
 
 VOCAB_SIZE = 384
 TOP_K_KEYS = ("num_experts_per_tok", "moe_k", "moe_topk", "num_experts_per_token", "moe_top_k")
@@ -363,7 +363,7 @@ def tiny_kwargs(model_type: str) -> dict[str, Any]:
 def tiny_top_k(model_type: str) -> int:
     """The top-k of `model_type`'s tiny model: `TOP_K`, unless its config accepts only another (ZaYA: top-1) or
     the family routes to a fixed number of experts (Switch Transformers: top-1)."""
-    from ..adapters import ADAPTERS
+    from hf_moe_prune.adapters import ADAPTERS
 
     overrides = FAMILY_OVERRIDES.get(model_type, {})
     fixed = ADAPTERS.get(model_type).top_k if model_type in ADAPTERS else 0

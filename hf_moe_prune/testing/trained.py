@@ -1,5 +1,13 @@
 """The bundled trained fixtures (moved to `hf_moe_prune.bundled`; this path keeps working)."""
 
-from ..bundled import DOC_SEPARATOR, DOMAINS, FIXTURES, FIXTURES_DIR, fixture_path, fixture_texts, mixed_texts
+from hf_moe_prune.bundled import (
+    DOC_SEPARATOR,
+    DOMAINS,
+    FIXTURES,
+    FIXTURES_DIR,
+    fixture_path,
+    fixture_texts,
+    mixed_texts,
+)
 
 __all__ = ["DOC_SEPARATOR", "DOMAINS", "FIXTURES", "FIXTURES_DIR", "fixture_path", "fixture_texts", "mixed_texts"]

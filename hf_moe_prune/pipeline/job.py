@@ -1,0 +1,103 @@
+"""Prepare: everything that can fail is checked, and the calibration data tokenized, before the expensive part."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hf_moe_prune.adapters import MoEBlock, find_blocks, get_adapter, text_config
+from hf_moe_prune.allocation import check_budget, check_removes_experts, keep_counts
+from hf_moe_prune.allocation.neurons import check_schedule
+from hf_moe_prune.calibration import calibration_rows
+from hf_moe_prune.compensation import check_compensation
+from hf_moe_prune.config import MoEPruneConfig
+from hf_moe_prune.methods import METHODS, ScoringMethod
+from hf_moe_prune.registries import COMPENSATIONS, schedule_options
+from hf_moe_prune.reshape import WidthGroupedExperts, check_same_count, neuron_layout
+
+
+@dataclass
+class PruneJob:
+    """Everything checked and prepared before calibration: blocks, method, calibration rows."""
+
+    config: MoEPruneConfig
+    blocks: list[MoEBlock]
+    method: ScoringMethod
+    rows: torch.Tensor | None
+
+
+def as_config(config: MoEPruneConfig | dict[str, Any]) -> MoEPruneConfig:
+    if isinstance(config, MoEPruneConfig):
+        return config
+    if isinstance(config, dict):
+        return MoEPruneConfig(**config)
+    raise TypeError(f"config must be a MoEPruneConfig or a dict, got {type(config).__name__}")
+
+
+def default_tokenizer(model: torch.nn.Module):
+    """The tokenizer saved beside the model's checkpoint, if the model came from a path or Hub id that has one."""
+    path = getattr(getattr(model, "config", None), "name_or_path", None)
+    return tokenizer_at(path) if path else None
+
+
+def tokenizer_at(path: str):
+    """The tokenizer saved in the folder or Hub repo `path`, or None when it holds no tokenizer files."""
+    from transformers import AutoTokenizer
+    from transformers.utils import cached_file
+
+    # Without tokenizer files transformers 5 builds an empty tokenizer that encodes everything to nothing.
+    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json"):
+        try:
+            if cached_file(path, name, _raise_exceptions_for_missing_entries=False):
+                return AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = None) -> PruneJob:
+    """Validate everything that can fail before calibration and tokenize the calibration data.
+
+    Works on a meta-device skeleton too (shapes are all it reads), so the quantizer runs it before weights load.
+    """
+    blocks = find_blocks(model, get_adapter(model))
+    if any(isinstance(b.experts, WidthGroupedExperts) for b in blocks):
+        raise ValueError(
+            "This model's experts are already neuron-pruned; pruning it again is not supported. Prune the original "
+            "model once, combining units with method_kwargs={'drop_experts': ...} if you want both."
+        )
+    if config.unit == "neuron":
+        for block in blocks:
+            neuron_layout(block.experts)  # raises for families whose fused expert layout is not described
+        check_schedule(blocks, config.ratio, config.ignore, schedule_options(config.allocation, config.method_kwargs))
+    else:
+        counts = keep_counts(blocks, config)  # raises before calibration when a layer's count is infeasible
+        check_budget(blocks, config)
+        check_removes_experts(blocks, config, counts)
+        check_same_count(blocks[0].adapter, counts.values(), config.allocation)
+    check_compensation(config.compensation, blocks)
+    if COMPENSATIONS.get(config.compensation).needs_inputs and not all(b.adapter.standalone for b in blocks):
+        raise ValueError(
+            f"compensation={config.compensation!r} re-runs each MoE block on its own, but a "
+            f"{blocks[0].adapter.model_type} block is a whole decoder layer: use compensation='none' or 'merge'."
+        )
+    method = METHODS.get(config.method)
+    if method.fit is not None and torch.is_inference_mode_enabled():
+        raise ValueError(
+            f"method {method.name!r} learns from gradients, which torch.inference_mode() forbids: call prune outside "
+            "that context (torch.no_grad() is fine), or use a forward-statistics method (reap, ean, frequency, ...)."
+        )
+    rows = None
+    if method.needs_calibration:
+        if not isinstance(config.calibration, torch.Tensor):
+            tokenizer = tokenizer or config.tokenizer or default_tokenizer(model)
+        rows = calibration_rows(config.calibration, tokenizer, config.num_samples, config.seq_len, config.seed)
+        vocab = getattr(text_config(model.config), "vocab_size", None)
+        if isinstance(vocab, int) and rows.numel() and int(rows.max()) >= vocab:
+            raise ValueError(
+                f"Calibration token id {int(rows.max())} is outside the model's vocabulary of {vocab} tokens: the ids "
+                "(or the tokenizer) belong to another model."
+            )
+    return PruneJob(config, blocks, method, rows)

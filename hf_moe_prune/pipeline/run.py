@@ -1,0 +1,76 @@
+"""Run a prepared job on a model in memory: observe → score → allocate → compensate → reshape."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from hf_moe_prune.calibration import LayerStats, collect_stats
+from hf_moe_prune.calibration.distributed import broadcast_plan
+from hf_moe_prune.calibration.recorders import BlockInputRecorder
+from hf_moe_prune.pipeline.apply import apply
+from hf_moe_prune.pipeline.decide import decide, statistics_needed
+from hf_moe_prune.pipeline.job import PruneJob
+from hf_moe_prune.plan import PrunePlan
+from hf_moe_prune.registries import ALLOCATIONS, COMPENSATIONS
+
+logger = logging.getLogger(__name__)
+
+
+def _warn_unseen(blocks, stats) -> None:
+    """Say which blocks no calibration token reached (ERNIE-4.5-VL's vision experts under text calibration): their
+    experts are ranked without evidence."""
+    unseen = [b.name for b in blocks if b.name in stats and stats[b.name].tokens == 0]
+    if unseen:
+        logger.warning(
+            "No calibration token was routed to %d MoE block(s) (%s): their experts are ranked without evidence. "
+            "Calibrate with data that reaches them, or keep them whole with `ignore=` where the family allows "
+            "per-layer counts.",
+            len(unseen),
+            ", ".join(unseen[:4]) + (", ..." if len(unseen) > 4 else ""),
+        )
+
+
+def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePlan:
+    """Calibrate, score, allocate, compensate and reshape `model` in place; return the plan (recorded on the model by
+    `hf_moe_prune.api`, which binds saving)."""
+    config, method = job.config, job.method
+    start = time.perf_counter()
+    wants_inputs = COMPENSATIONS.get(config.compensation).needs_inputs
+    requires, _, _ = statistics_needed(job)
+    recorder = None
+    allocator = ALLOCATIONS.get(config.allocation) if isinstance(config.allocation, str) else None
+    if job.rows is not None and (wants_inputs or (allocator is not None and allocator.needs_inputs)):
+        recorder = BlockInputRecorder(job.blocks, len(job.rows), config.batch_size, seed=config.seed)
+    if job.rows is not None:
+        stats = collect_stats(
+            model,
+            job.blocks,
+            requires,
+            job.rows,
+            config.batch_size,
+            progress=progress,
+            recorders=(recorder,) if recorder is not None else (),
+        )
+        _warn_unseen(job.blocks, stats)
+    else:
+        stats = {b.name: LayerStats(b.num_experts) for b in job.blocks}
+    fitted = None
+    if method.fit is not None and job.rows is not None:
+        with torch.enable_grad():  # gradient methods work under a caller's torch.no_grad() / inference code too
+            fitted = method.fit(model, job.blocks, job.rows, config, progress=progress)
+    context: dict[str, Any] = {"config": config, "model": model, "rows": job.rows, "seed": config.seed}
+    inputs = None
+    if recorder is not None:
+        inputs, context["input_norms"] = recorder.result()
+        if not wants_inputs:
+            inputs = None
+    plan = decide(job, model.config, stats, fitted, context, time.perf_counter() - start)
+    plan = broadcast_plan(plan)  # under torch.distributed: rank 0's decision on every rank, before it is applied
+    before = sum(p.numel() for p in model.parameters())
+    apply(model, plan, stats=stats, compensation=config.compensation, inputs=inputs)
+    plan.parameters = {"before": before, "after": sum(p.numel() for p in model.parameters())}
+    return plan
