@@ -67,12 +67,22 @@ def run_fixture(name: str, args) -> str:
                     seed=args.seed,
                 )
                 start = time.perf_counter()
-                hf_moe_prune.prune(model, config, tokenizer=tokenizer, progress=False)
+                plan = hf_moe_prune.prune(model, config, tokenizer=tokenizer, progress=False)
                 seconds = time.perf_counter() - start
                 res = evaluate(model, tokenizer, eval_texts, reference=reference, **kwargs)
                 cells = " | ".join(f"{res.domains[d].perplexity:.2f}" for d in DOMAINS)
+                label = spec
+                if plan.search:  # auto: which candidate won, and the search's time in calibration passes
+                    chosen = plan.search["candidates"][plan.search["chosen"]]
+                    options = "".join(f",{k}={v}" for k, v in chosen["method_kwargs"].items())
+                    judged = sum("kl" in row for row in plan.search["candidates"])
+                    cost = plan.search["seconds"] / max(plan.search["calibration_seconds"], 1e-9)
+                    label = (
+                        f"{spec} → {chosen['method']}{options}+{chosen['allocation']} ({judged} judged, search "
+                        f"{cost:.1f}× calibration)"
+                    )
                 lines.append(
-                    f"| {spec} | {ratio} | {calib} | {cells} | {res.overall.perplexity:.2f} | "
+                    f"| {label} | {ratio} | {calib} | {cells} | {res.overall.perplexity:.2f} | "
                     f"{res.overall.kl:.4f} | {res.overall.top1_agreement:.3f} | {seconds:.1f} |"
                 )
                 print(lines[-1], flush=True)

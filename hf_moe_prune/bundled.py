@@ -13,7 +13,7 @@ from itertools import zip_longest
 from pathlib import Path
 
 FIXTURES_DIR = Path(__file__).resolve().parent / "testing" / "fixtures"
-FIXTURES = ("qwen3_moe", "qwen2_moe")
+FIXTURES = ("qwen3_moe", "qwen2_moe", "olmoe", "deepseek_v3")
 DOMAINS = ("code", "prose")
 DOC_SEPARATOR = "\n\n<|endoftext|>\n\n"
 

@@ -17,6 +17,7 @@ from hf_moe_prune.registries import (
     METHODS,
     SCHEDULE_KEYS,
     UNITS,
+    check_search_request,
     names_for,
     schedule_options,
 )
@@ -58,6 +59,14 @@ class MoEPruneConfig(QuantizationConfigMixin):
             or a folder of them, an iterable of strings, a tensor of token ids (`[rows, seq_len]`, or 1-D, packed),
             or a Hub dataset name (needs network). Not written to config.json.
         num_samples (`int`, *optional*, defaults to 128): Number of packed calibration rows of `seq_len` tokens.
+        eval_fraction (`float`, *optional*, defaults to 0.1):
+            Share of the `num_samples` calibration rows held out to measure the result: the last `max(1,
+            round(eval_fraction × rows))` rows (when there are at least 2) are never used for scoring, which uses the
+            rest; on them the pruned model is compared with the unpruned one (KL divergence, top-1 agreement,
+            perplexity of both: `PrunePlan.quality`). In [0, 1); `0` scores with every row and measures nothing.
+        time_budget (`float`, *optional*):
+            Seconds the `method="auto"` / `allocation="auto"` search may spend judging candidate plans on the held-out
+            rows (the first candidate is always judged). Defaults to 3 × the calibration pass.
         seq_len (`int`, *optional*, defaults to 512): Tokens per calibration row.
         batch_size (`int`, *optional*, defaults to 8): Rows per forward pass.
         seed (`int`, *optional*, defaults to 0): Seed for row sampling and for the `random` method.
@@ -105,6 +114,8 @@ class MoEPruneConfig(QuantizationConfigMixin):
         expert_widths: dict[str, list[int]] | None = None,
         streaming: bool | None = None,
         propagation: str = "dense",
+        eval_fraction: float = 0.1,
+        time_budget: float | None = None,
         **kwargs,
     ):
         self.quant_method = QUANT_METHOD
@@ -115,6 +126,8 @@ class MoEPruneConfig(QuantizationConfigMixin):
         self.compensation = compensation
         self.calibration = calibration
         self.num_samples = num_samples
+        self.eval_fraction = eval_fraction
+        self.time_budget = time_budget
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.seed = seed
@@ -217,6 +230,14 @@ class MoEPruneConfig(QuantizationConfigMixin):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        fraction = self.eval_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 <= fraction < 1:
+            raise ValueError(
+                f"eval_fraction must be a number in [0, 1): the share of calibration rows held out to measure the "
+                f"pruned model (0 measures nothing); got {fraction!r}."
+            )
+        if not self.is_pruned_checkpoint:
+            check_search_request(self.method, self.allocation, self.unit, fraction, self.time_budget)
         if self.streaming is not None and not isinstance(self.streaming, bool):
             raise ValueError(f"streaming must be True, False or None (automatic), got {self.streaming!r}.")
         if self.propagation not in ("dense", "pruned"):

@@ -54,7 +54,16 @@ class BlockPlan:
 
 @dataclass
 class PrunePlan:
-    """Per-block kept experts plus how they were chosen; JSON round-trips and replays without calibration."""
+    """Per-block kept experts plus how they were chosen; JSON round-trips and replays without calibration.
+
+    `quality` is the self-measurement on the calibration rows held out from scoring (`MoEPruneConfig.eval_fraction`,
+    `hf_moe_prune.pipeline.measure`): `kl`, `top1_agreement`, `ppl_before`, `ppl_after`, `rows`, `seq_len`,
+    `tokens`, `top_k`, `mode` and `what` (what was measured), or `{"skipped": reason}`; None when measurement was off
+    (and in plans written before it existed).
+
+    `search` is the table of a `method="auto"` / `allocation="auto"` search (`hf_moe_prune.pipeline.auto`): the
+    request, every candidate with its held-out KL, the index of the chosen one, and the time it took; None otherwise.
+    """
 
     method: str
     model_type: str
@@ -68,6 +77,8 @@ class PrunePlan:
     parameters: dict[str, int] = field(default_factory=dict)
     unit: str = "expert"
     neuron_schedule: dict[str, Any] | None = None
+    quality: dict[str, Any] | None = None
+    search: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -103,6 +114,7 @@ class PrunePlan:
             "original_num_experts": {b.name: b.num_experts for b in self.blocks},
             "kept_experts": {b.name: b.kept for b in self.blocks},
             **({"unit": self.unit, "expert_widths": self.expert_widths} if self.expert_widths else {}),
+            **({"quality": dict(self.quality)} if self.quality else {}),
             "plan_file": PLAN_FILE,
             "format_version": FORMAT_VERSION,
             "library": "hf_moe_prune",

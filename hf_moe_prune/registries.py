@@ -44,6 +44,8 @@ class Allocator:
             before calibration and every layer keeps the same share.
         schedule (`dict`, *optional*): For neuron allocations, the schedule's defaults (`keep_whole`, `neuron_keep`:
             a fraction or a `(shallow, deep)` pair), overridable through `method_kwargs` (see `schedule_options`).
+        searches (`bool`): Not an allocation but a search among the others (`auto`), judged on held-out rows by the
+            pipeline (`hf_moe_prune.pipeline.auto`).
     """
 
     name: str
@@ -55,11 +57,13 @@ class Allocator:
     description: str = ""
     fixed_counts: bool = False
     schedule: dict | None = None
+    searches: bool = False
 
     @property
     def streams(self) -> bool:
-        """Works while streaming (plan before load): needs neither the whole model nor block inputs."""
-        return not (self.reads_model or self.needs_inputs)
+        """Works while streaming (plan before load): needs neither the whole model nor block inputs, and is no search
+        (which judges candidates on the whole model)."""
+        return not (self.reads_model or self.needs_inputs or self.searches)
 
     def __call__(self, blocks, scores, budget, context=None):
         if self.allocate is None:
@@ -136,6 +140,7 @@ def register_allocation(
     description: str = "",
     fixed_counts: bool = False,
     schedule: dict | None = None,
+    searches: bool = False,
 ):
     """Decorator registering `allocate(blocks, scores, budget, context)` as allocation `name` (see `Allocator`).
 
@@ -160,6 +165,7 @@ def register_allocation(
                 description or _first_line(fn),
                 fixed_counts,
                 schedule,
+                searches,
             ),
         )
         return fn
@@ -251,3 +257,29 @@ def schedule_options(allocation: str, method_kwargs: dict[str, Any]) -> dict[str
         if isinstance(options[key], bool) or not isinstance(options[key], int) or options[key] < 1:
             raise ValueError(f"{key} must be a positive integer, got {options[key]!r}.")
     return options
+
+
+def check_search_request(method: str, allocation, unit: str, eval_fraction: float, time_budget) -> None:
+    """Before calibration: a searching method or allocation (`auto`) has held-out rows to judge candidates on, whole
+    experts to search, and a sensible time budget.
+
+    Raises:
+        `ValueError`: naming the request and the fix.
+    """
+    if time_budget is not None and (
+        isinstance(time_budget, bool) or not isinstance(time_budget, (int, float)) or not time_budget >= 0
+    ):
+        raise ValueError(f"time_budget must be a number of seconds >= 0 (or None), got {time_budget!r}.")
+    requested = (("method", method, METHODS), ("allocation", allocation, ALLOCATIONS))
+    searching = [
+        f"{key}={value!r}"
+        for key, value, registry in requested
+        if isinstance(value, str) and value in registry and registry.get(value).searches
+    ]
+    if searching and not eval_fraction:
+        raise ValueError(
+            f"{' and '.join(searching)} chooses among candidate plans by measuring them on held-out calibration "
+            "rows: give eval_fraction > 0 (e.g. 0.1)."
+        )
+    if searching and unit != "expert":
+        raise ValueError(f"{' and '.join(searching)} searches whole-expert plans: use unit='expert'.")

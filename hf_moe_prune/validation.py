@@ -34,7 +34,7 @@ MAX_DEPTH = 32  # nesting of the free-form fields (calibration, config, neuron_s
 
 _PLAN_REQUIRED = ("method", "model_type", "blocks")
 _BLOCK_REQUIRED = ("name", "layer_idx", "num_experts", "kept")
-_FREE_FORM = ("calibration", "config", "neuron_schedule")
+_FREE_FORM = ("calibration", "config", "neuron_schedule", "search")
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 60
@@ -216,6 +216,24 @@ def check_block_dict(
             raise ValueError(f"{where}: neuron indices must be distinct and in [0, {width}).")
 
 
+def check_quality(quality: Any, path: str = "quality") -> None:
+    """Check a plan's self-measurement block: null, or an object of JSON values whose known numbers are in range
+    (`kl`, perplexities >= 0, `top1_agreement` in [0, 1], counts non-negative ints, texts strings)."""
+    _check_type(quality, Mapping, path, "an object", optional=True)
+    if quality is None:
+        return
+    _check_json(quality, path)
+    for key in ("kl", "top1_agreement", "ppl_before", "ppl_after"):
+        _check_number(quality.get(key), f"{path}.{key}", low=0)
+    if (quality.get("top1_agreement") or 0) > 1:
+        raise ValueError(f"{path}.top1_agreement: expected a share in [0, 1], got {quality['top1_agreement']}")
+    for key in ("rows", "seq_len", "tokens", "top_k"):
+        if quality.get(key) is not None:
+            _check_int(quality[key], f"{path}.{key}", "a non-negative int", 0, 1 << 62)
+    for key in ("mode", "what", "skipped"):
+        _check_type(quality.get(key), str, f"{path}.{key}", "a string", optional=True)
+
+
 def check_plan_dict(data: Any, plan_fields: Iterable[str], block_fields: Iterable[str]) -> None:
     """Check the structure and types of a plan as read from JSON, before a `PrunePlan` is built from it.
 
@@ -241,8 +259,9 @@ def check_plan_dict(data: Any, plan_fields: Iterable[str], block_fields: Iterabl
         raise ValueError(f"unit: expected 'expert' or 'neuron', got {_show(data['unit'])}")
     for key in _FREE_FORM:
         if key in data:
-            _check_type(data[key], Mapping, key, "an object", optional=key == "neuron_schedule")
+            _check_type(data[key], Mapping, key, "an object", optional=key in ("neuron_schedule", "search"))
             _check_json(data[key], key)
+    check_quality(data.get("quality"))
     for key in ("versions", "parameters"):
         _check_type(data.get(key, {}), Mapping, key, "an object")
         for name, value in data.get(key, {}).items():

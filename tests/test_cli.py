@@ -104,7 +104,7 @@ def test_inspect_writes_usage_json_and_png_plots(pruned, tmp_path):
             assert len(layer["count"]) == len(layer["share"]) == 16
             assert sum(layer["share"]) == pytest.approx(1.0)
             assert sum(layer["count"]) == domain["tokens"] * layer["top_k"]
-            assert set(layer["scores"]) == {"frequency", "soft_count", "ean", "reap"}
+            assert set(layer["scores"]) == {"frequency", "soft_count", "ean", "man", "reap"}
     pngs = {Path(f).name: Path(f) for f in report["files"] if f.endswith(".png")}
     assert set(pngs) == {"usage_heatmap.png", "score_distributions.png", "kept_experts.png"}
     for path in pngs.values():

@@ -1,9 +1,12 @@
 """Quality relations on the trained fixtures (real, non-random MoE models); margins are the measured ones, with slack.
 
-Measured with these settings (calibration 32 rows × 256 tokens, evaluation 16 rows × 256 per domain, seed 0):
-perplexity relative to the full model at ratio 0.25: reap 1.09 / 1.09, ean 1.14 / 1.11 (qwen3_moe / qwen2_moe);
-at ratio 0.5 reap and ean reach 0.67–0.79 of random's perplexity. The usage-only criteria (frequency, soft_count) are
-no better than random on these load-balanced models (see benchmarks/RESULTS.md), so they are held only to the
+Measured with these settings (calibration 32 rows × 256 tokens, evaluation 16 rows × 256 per domain, seed 0) on
+the 16-expert fixtures: perplexity relative to the full model at ratio 0.25: reap 1.09 / 1.09 (qwen3_moe /
+qwen2_moe); at ratio 0.5 reap and ean reach 0.67–0.79 of random's perplexity. On `olmoe` (32 small experts, top-4)
+ean at 0.5 reaches 0.91 of random's, and on `deepseek_v3` (a shared expert and a dense first layer carry most of the
+model: removing half of the routed experts at random costs only about +10%) reap and ean at 0.5 are 0.95 of random's:
+there the relation is held as "better than random" only. The usage-only criteria (frequency, soft_count) are no
+better than random on the load-balanced 16-expert models (see benchmarks/RESULTS.md), so they are held only to the
 calibration-domain relation.
 """
 
@@ -40,12 +43,14 @@ def fixture(request):
                 data = {"mixed": mixed_texts, "none": lambda: None}.get(
                     calibration, lambda: fixture_texts(calibration)
                 )()
-                config = MoEPruneConfig(method, ratio, calibration=data, num_samples=32, seq_len=256)
+                # every row scored: the margins were measured with 32 calibration rows
+                config = MoEPruneConfig(method, ratio, calibration=data, num_samples=32, seq_len=256, eval_fraction=0)
                 hf_moe_prune.prune(pruned, config, tokenizer=tokenizer, progress=False)
             result = evaluate(pruned, tokenizer, texts, seq_len=256, max_rows=16, progress=False)
             cache[key] = {"all": result.overall.perplexity, **{d: result.domains[d].perplexity for d in DOMAINS}}
         return cache[key]
 
+    perplexity.name = request.param
     return perplexity
 
 
@@ -59,9 +64,14 @@ def test_quarter_pruning_stays_close_to_the_full_model(fixture, method):
     assert fixture(method, 0.25)["all"] < 1.20 * fixture()["all"]
 
 
+# ppl(method, 0.5) < margin × ppl(random, 0.5), per fixture (see the module docstring for why they differ)
+HALF_MARGIN = {"qwen3_moe": 0.85, "qwen2_moe": 0.85, "olmoe": 0.95, "deepseek_v3": 1.0}
+
+
 @pytest.mark.parametrize("method", OUTPUT_AWARE)
 def test_half_pruning_is_far_better_than_random(fixture, method):
-    assert fixture(method, 0.5)["all"] < 0.85 * fixture("random", 0.5, "none")["all"]
+    margin = HALF_MARGIN[fixture.name]
+    assert fixture(method, 0.5)["all"] < margin * fixture("random", 0.5, "none")["all"]
 
 
 def test_reap_beats_usage_only_criteria(fixture):

@@ -107,7 +107,8 @@ def test_pruning_config_on_concrete_and_base_classes(checkpoints):
 def test_functional_api_with_token_ids_needs_no_tokenizer(checkpoints, input_ids, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(checkpoints["mixtral"])
     ids = torch.randint(1, 300, (8, 32), generator=torch.Generator().manual_seed(0))
-    plan = hf_moe_prune.prune(model, MoEPruneConfig(method="ean", ratio=0.25, calibration=ids), progress=False)
+    config = MoEPruneConfig(method="ean", ratio=0.25, calibration=ids, eval_fraction=0)  # every row scored
+    plan = hf_moe_prune.prune(model, config, progress=False)
     assert [b.num_kept for b in plan.blocks] == [6, 6] and plan.calibration["tokens"] == 8 * 32
     model.save_pretrained(tmp_path / "out")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["num_local_experts"] == 6

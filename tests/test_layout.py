@@ -223,13 +223,19 @@ def _registered_names() -> dict[str, str]:
 
 
 def test_no_module_tests_a_registered_name_outside_its_own_file():
-    """`allocation == "outlier"`, `method in ("compel", "diep")`: such code asks the record instead."""
+    """`allocation == "outlier"`, `method in ("compel", "diep")`: such code asks the record instead.
+
+    Only comparisons that involve a method, allocation or compensation count (`device_map == "auto"` is another
+    vocabulary); records without a function (the `trapezoid` schedule, the `auto` searches) may be compared with
+    nowhere."""
     owners = _registered_names()
-    owners["trapezoid"] = "hf_moe_prune.allocation.neurons"  # a schedule without an allocate function
     wrong = []
     for module, path in MODULES.items():
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.Compare):
+                continue
+            text = ast.unparse(node)
+            if not any(word in text for word in ("method", "allocat", "compensat")):
                 continue
             constants = [
                 n.value

@@ -46,7 +46,9 @@ def test_methods_compute_their_formulas():
     score = {name: METHODS.get(name).score for name in METHODS.names()}
     assert score["frequency"](stats).tolist() == [4, 0, 2, 1]
     assert score["soft_count"](stats).tolist() == [2.0, 0.0, 1.5, 0.9]
-    assert score["ean"](stats).tolist() == [2.0, 0.0, 5.0, 3.0]
+    assert score["ean"](stats).tolist() == [8.0, 0.0, 10.0, 3.0]  # EAN is the sum over routed tokens
+    assert score["ean"](stats, reduce="mean").tolist() == [2.0, 0.0, 5.0, 3.0]
+    assert score["man"](stats).tolist() == [2.0, 0.0, 5.0, 3.0]  # MAN: the per-routed-token mean
     torch.testing.assert_close(score["reap"](stats), torch.tensor([1.0, 0.0, 3.0, 2.7], dtype=torch.float64))
     assert score["reap"](stats, reduce="sum").tolist() == [4.0, 0.0, 6.0, 2.7]
     torch.testing.assert_close(score["tenp"](stats), torch.tensor([0.1, 0.0, 0.15, 0.5], dtype=torch.float64))

@@ -51,7 +51,7 @@ def test_every_allocation_meets_floors_and_the_exact_budget(name, family):
 def test_allocation_records_are_consistent(name):
     allocator = ALLOCATIONS.get(name)
     assert isinstance(allocator, Allocator) and allocator.name == name and allocator.units
-    assert allocator.streams == (not allocator.reads_model and not allocator.needs_inputs)
+    assert allocator.streams == (not allocator.reads_model and not allocator.needs_inputs and not allocator.searches)
     blocks = find_blocks(tiny_model("qwen3_moe"))
     unit = allocator.units[0]
     config = MoEPruneConfig(method="reap", ratio=0.5, unit=unit, allocation=name, calibration=CALIBRATION)

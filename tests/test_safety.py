@@ -219,7 +219,7 @@ def test_repruning_a_pruned_checkpoint_by_keyword(tmp_path):
     "method, kwargs, error, message",
     [
         ("reap", {"reduc": "sum"}, ValueError, "'reap' has no option 'reduc'. Did you mean 'reduce'?"),
-        ("ean", {"reduce": "avg"}, ValueError, "reduce must be 'mean' or 'sum', got 'avg'"),
+        ("ean", {"reduce": "avg"}, ValueError, "reduce must be 'sum' or 'mean', got 'avg'"),
         ("frequency", {"reduce": "sum"}, ValueError, "'frequency' has no option 'reduce'. Its options: none"),
         ("random", {"seed": 3}, ValueError, "'random' has no option 'seed'"),
         ("tenp", {"importance": "both"}, ValueError, "importance must be 'direction' or 'magnitude'"),

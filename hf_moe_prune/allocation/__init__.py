@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from hf_moe_prune.adapters import MoEBlock
-from hf_moe_prune.allocation import evolutionary, neurons, outlier, ranked, uniform  # noqa: F401  (register)
+from hf_moe_prune.allocation import auto, evolutionary, neurons, outlier, ranked, uniform  # noqa: F401  (register)
 from hf_moe_prune.allocation.budget import (
     check_budget,
     check_groups,

@@ -9,7 +9,8 @@ those the observer calls the model's own experts forward once on the routed (tok
 evaluates exactly the same k expert rows per token as the normal forward, records the norms, and returns the gated sum.
 Per-neuron statistics need the intermediate activations too: then each routed expert is evaluated from its fused
 tensors by `hf_moe_prune.reshape.neuron_layout.expert_intermediate` (the module's own gate function and
-activation), once.
+activation), once. Per-pair statistics (`PAIR_STATISTICS`) take each token's k x k Gram matrix of its gated routed
+outputs from the same per-slot outputs, so they cost no further expert evaluation.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from hf_moe_prune.adapters import MoEBlock
 from hf_moe_prune.calibration.hooks import wrap_experts
 from hf_moe_prune.calibration.stats import LayerStats
-from hf_moe_prune.calibration.vocabulary import NEURON_STATISTICS, OUTPUT_STATISTICS
+from hf_moe_prune.calibration.vocabulary import NEURON_STATISTICS, OUTPUT_STATISTICS, PAIR_STATISTICS
 
 
 class ExpertObserver:
@@ -125,15 +126,16 @@ class ExpertObserver:
         x = args[0].reshape(-1, args[0].shape[-1])
         sizes = torch.as_tensor(sizes, device=gates.device)
         index = torch.repeat_interleave(torch.arange(len(sizes), device=gates.device), sizes).view(len(x), -1)
+        order = torch.argsort(token, stable=True) if self.names & PAIR_STATISTICS else None  # rows grouped by token
         if self.needs_outputs:
-            self._sorted = (index, gates.view(len(x), -1), x[token])
+            self._sorted = (index, gates.view(len(x), -1), x[token], order)
         else:
-            self._record(index, gates.view(len(x), -1), None)
+            self._record(index, gates.view(len(x), -1), None, order=order)
 
     def _sorted_outputs(self, module, args, output):
-        index, gates, rows = self._sorted
+        index, gates, rows, order = self._sorted
         self._sorted = None
-        self._record(index, gates, output, inputs=rows)
+        self._record(index, gates, output, inputs=rows, order=order)
 
     def _forward_per_slot(self, original, hidden_states, top_k_index, top_k_weights, *args, **kwargs):
         tokens, k = top_k_index.shape
@@ -181,7 +183,7 @@ class ExpertObserver:
         return outputs
 
     @torch.no_grad()
-    def _record(self, top_k_index, top_k_weights, outputs, gated: bool = False, inputs=None) -> None:
+    def _record(self, top_k_index, top_k_weights, outputs, gated: bool = False, inputs=None, order=None) -> None:
         index = top_k_index.reshape(-1)
         gates = top_k_weights.reshape(-1).float()
         # Expert-parallel sentinels and trailing classes (LongCat-Flash's zero experts) point past the last expert.
@@ -190,6 +192,8 @@ class ExpertObserver:
             # A trailing pick may also reach the experts remapped to expert 0 with gate 0 (Zaya's skip): that slot
             # runs no expert, so it is no use of expert 0.
             valid &= gates != 0
+        if self.names & PAIR_STATISTICS:
+            self._record_pairs(top_k_index.shape[0], index, gates, outputs, valid, gated, order)
         if not bool(valid.all()):
             index, gates = index[valid], gates[valid]
             outputs = outputs[valid] if outputs is not None else None
@@ -211,3 +215,37 @@ class ExpertObserver:
                 turn = 1 - F.cosine_similarity(x, x + gates.unsqueeze(-1) * outputs.float(), dim=-1)
                 stats.add_("direction_sum", index, gates * norms * turn)
         stats.tokens += top_k_index.shape[0]
+
+    @torch.no_grad()
+    def _record_pairs(self, tokens, index, gates, outputs, valid, gated, order) -> None:
+        """Per-pair statistics: each token's k x k products of its routed slots, scattered into `[E, E]` at the
+        flattened index `i * E + j`. `index`, `gates`, `outputs` and `valid` are per (token, slot) row, token-major
+        unless `order` regroups them by token (JetMoE's rows come sorted by expert)."""
+        stats, num = self.stats, self.stats.num_experts
+        if order is not None:
+            index, gates, valid = index[order], gates[order], valid[order]
+            outputs = outputs[order] if outputs is not None else None
+        k = index.numel() // tokens
+        index = index.masked_fill(~valid, 0).view(tokens, k)
+        pairs = (index.unsqueeze(2) * num + index.unsqueeze(1)).reshape(-1)
+        keep = valid.to(gates.dtype).view(tokens, k)  # invalid slots (sentinels, trailing picks) add 0
+        if "pair_count" in self.names:
+            stats.add_pairs_("pair_count", pairs, (keep.unsqueeze(2) * keep.unsqueeze(1)).reshape(-1))
+        if outputs is None:
+            return
+        outputs = outputs.reshape(tokens * k, -1)
+        # The weight of each row's output in the block's sum: its gate, or 1 when the output already carries it.
+        scale = torch.where(valid, torch.ones_like(gates) if gated else gates, torch.zeros_like(gates))
+        if "pair_norm_sum" in self.names:
+            weighted = torch.where(valid, scale * outputs.float().norm(dim=-1), 0.0).view(tokens, k)
+            stats.add_pairs_("pair_norm_sum", pairs, (weighted.unsqueeze(2) * weighted.unsqueeze(1)).reshape(-1))
+        if "pair_dot_sum" in self.names:
+            # Gram matrices of the gated outputs g_j f_j of each token, in float64, a bounded number of rows at a time.
+            step = max(1, 2**24 // max(1, k * outputs.shape[-1]))
+            grams = []
+            for start in range(0, tokens, step):
+                rows = slice(start * k, min(tokens, start + step) * k)
+                vectors = outputs[rows].double() * scale[rows].double().unsqueeze(-1)
+                vectors = torch.where(valid[rows].unsqueeze(-1), vectors, 0.0).view(-1, k, outputs.shape[-1])
+                grams.append(torch.bmm(vectors, vectors.transpose(1, 2)).reshape(-1))
+            stats.add_pairs_("pair_dot_sum", pairs, torch.cat(grams))

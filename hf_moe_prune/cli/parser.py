@@ -41,6 +41,16 @@ def _ratio(value: str) -> float:
     return ratio
 
 
+def _fraction(value: str) -> float:
+    try:
+        fraction = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {value!r}") from None
+    if not 0 <= fraction < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (the share of calibration rows held out), got {value}")
+    return fraction
+
+
 def _positive(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
@@ -159,6 +169,14 @@ def _add_prune(sub) -> None:
     )
     _add_data(prune)
     evaluation = prune.add_argument_group("evaluation")
+    evaluation.add_argument(
+        "--eval-fraction",
+        type=_fraction,
+        default=0.1,
+        metavar="F",
+        help="share of the calibration rows held out from scoring to measure the pruned model against the unpruned "
+        "one (KL, top-1 agreement, perplexity; stored in the plan and card); 0: none (default: 0.1)",
+    )
     evaluation.add_argument("--eval-data", nargs="+", metavar="DATA", help="texts (default: the bundled ones)")
     evaluation.add_argument("--no-eval", action="store_true", help="skip the before/after quality evaluation")
     _add_loading(prune)

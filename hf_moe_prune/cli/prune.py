@@ -86,6 +86,7 @@ def prune_config(args: argparse.Namespace):
         method_kwargs=method_kwargs,
         unit=args.unit,
         streaming=args.streaming,
+        eval_fraction=args.eval_fraction,
         **budget,
     )
 
@@ -122,6 +123,8 @@ def run_prune(args: argparse.Namespace) -> dict[str, Any]:
         "parameters": plan.parameters,
         "prune_seconds": round(seconds, 2),
     }
+    if plan.quality:  # measured on the calibration rows held out from scoring (or why not)
+        report["held_out_quality"] = plan.quality
     if plan.unit == "neuron":  # share of each layer's routed-expert neurons kept
         report["kept_neurons_per_layer"] = {
             b.layer_idx: round(sum(b.widths or []) / (b.num_experts * b.intermediate_size), 4)

@@ -25,16 +25,33 @@ def _quality_table(before: dict[str, Any] | None, after: dict[str, Any]) -> None
 def _print_prune(report: dict[str, Any]) -> None:
     params, disk = report["parameters"], report["safetensors_bytes"]
     print(f"\nPruned {report['model']} with {report['method']} -> {report['output']}")
-    print(f"  experts kept per layer: {report['kept_experts_per_layer']}  ({report['prune_seconds']} s)")
+    print(f"  experts kept per layer: {report['kept_experts_per_layer']}")
+    print(f"  pruning time: {report['prune_seconds']} s")
     if "kept_neurons_per_layer" in report:
         print(f"  share of expert neurons kept per layer: {report['kept_neurons_per_layer']}")
-    print(f"  parameters: {params['before']:,} -> {params['after']:,} ({params['after'] / params['before']:.1%})")
+    print(_parameters(params))
     if disk["before"]:
         print(f"  safetensors on disk: {disk['before'] / 1e6:.2f} MB -> {disk['after'] / 1e6:.2f} MB")
     if "hub" in report:
         print(f"  pushed: {report['hub']}")
+    if "held_out_quality" in report:
+        _held_out(report["held_out_quality"])
     if "quality" in report:
+        print("  evaluation texts:")
         _quality_table(report["quality"]["before"], report["quality"]["after"])
+
+
+def _held_out(quality: dict[str, Any]) -> None:
+    from hf_moe_prune.pipeline.measure import quality_lines
+
+    print("  measured on held-out calibration rows (never used for scoring; same distribution as calibration):")
+    for line in quality_lines(quality):
+        print(f"    {line}")
+
+
+def _parameters(params: dict[str, int]) -> str:
+    line = f"  parameters: {params['before']:,} -> {params['after']:,}"
+    return line + (f" ({params['after'] / params['before']:.1%} kept)" if params["before"] else "")
 
 
 def _print_inspect(report: dict[str, Any]) -> None:
@@ -77,7 +94,9 @@ def _print_plan(plan: dict[str, Any]) -> None:
     if plan.get("calibration"):
         print("  calibration: " + ", ".join(f"{k} {v}" for k, v in plan["calibration"].items()))
     if plan.get("parameters"):
-        print(f"  parameters: {plan['parameters']['before']:,} -> {plan['parameters']['after']:,}")
+        print(_parameters(plan["parameters"]))
+    if plan.get("quality"):
+        _held_out(plan["quality"])
     print(f"  {'layer':>5} {'kept':>9}  expert ids")
     for b in blocks:
         kept = f"{len(b['kept'])}/{b['num_experts']}"
@@ -88,7 +107,7 @@ def _print_apply(report: dict[str, Any]) -> None:
     params = report["parameters"]
     print(f"\nApplied {report['plan']} ({report['method']}) to {report['base_model']} -> {report['output']}")
     print(f"  experts kept per layer: {report['kept_experts_per_layer']}")
-    print(f"  parameters: {params['before']:,} -> {params['after']:,} ({params['after'] / params['before']:.1%})")
+    print(_parameters(params))
     if "hub" in report:
         print(f"  pushed: {report['hub']}")
 

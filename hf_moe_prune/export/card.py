@@ -11,7 +11,9 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from hf_moe_prune.export.card_text import loading_note, neuron_shares, search_line, usage
 from hf_moe_prune.methods import METHODS
+from hf_moe_prune.pipeline.measure import quality_markdown
 from hf_moe_prune.plan import PrunePlan
 
 logger = logging.getLogger(__name__)
@@ -119,62 +121,6 @@ def attach_quality(model, before, after=None) -> str:
     return model.moe_pruning_quality
 
 
-def _loading_note(uniform: bool, remote_code: bool) -> str:
-    """What stock transformers does with this checkpoint when hf_moe_prune is not imported (see `portable`)."""
-    if uniform or remote_code:
-        return ""
-    return (
-        "**Loading needs `pip install hf-moe-prune` and `import hf_moe_prune`** before `from_pretrained`: the MoE "
-        "layers keep different numbers (or widths) of experts, a layout stock transformers cannot build. Without the "
-        "library the checkpoint is refused on purpose, never loaded with random experts: `Auto*` classes stop at "
-        '"model type `hf_moe_prune`", the family\'s own class at its expert-count field, whose value says the same. '
-        "vLLM, SGLang, llama.cpp and the Optimum exporters cannot load it; prune with a uniform allocation for them."
-    )
-
-
-def _usage(repo: str, uniform: bool, remote_code: bool, auto_class: str = "AutoModelForCausalLM") -> str:
-    lines = [f"from transformers import {auto_class}, AutoTokenizer", ""]
-    if not uniform and not remote_code:
-        lines.insert(0, "import hf_moe_prune  # registers the loader of per-layer expert counts")
-    extra = ", trust_remote_code=True" if remote_code and not uniform else ""
-    lines += [
-        f'model = {auto_class}.from_pretrained("{repo}"{extra})',
-        f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
-    ]
-    return "\n".join(lines)
-
-
-def _neuron_shares(plan) -> list[dict[str, Any]] | None:
-    """Per layer: experts kept whole, narrowed, and the share of routed-expert neurons kept (neuron plans only)."""
-    if not plan.expert_widths:
-        return None
-    rows = []
-    for b in plan.blocks:
-        if b.widths is None:  # a layer left whole (`ignore`, fixed routing) or only losing whole experts
-            rows.append(
-                {
-                    "layer": b.layer_idx,
-                    "whole": b.num_kept,
-                    "narrowed": 0,
-                    "widths": "full",
-                    "share": f"{b.num_kept / b.num_experts:.1%}",
-                }
-            )
-            continue
-        widths = b.widths
-        full = b.intermediate_size or max(widths)
-        rows.append(
-            {
-                "layer": b.layer_idx,
-                "whole": sum(w == full for w in widths),
-                "narrowed": sum(w < full for w in widths),
-                "widths": ", ".join(str(w) for w in sorted(set(widths), reverse=True)),
-                "share": f"{sum(widths) / (b.num_experts * full):.1%}",
-            }
-        )
-    return rows
-
-
 def render_model_card(
     plan: PrunePlan,
     model=None,
@@ -211,19 +157,18 @@ def render_model_card(
     summary = f"{experts_before - experts_after} of {experts_before} routed experts removed " + (
         f"(every MoE layer keeps {counts[0]})." if len(set(counts)) == 1 else f"(per-layer counts {counts})."
     )
-    neurons = _neuron_shares(plan)
+    neurons = neuron_shares(plan)
     if neurons:
         narrowed = sum(len(b.neurons or {}) for b in plan.blocks)
         summary = (
             f"{narrowed} of {experts_after} kept routed experts narrowed to fewer intermediate neurons "
             f"({experts_before - experts_after} removed whole); every kept expert stays reachable by the router."
         )
-    calibration = plan.calibration
-    calib_text = calibration.get("source", "none")
-    if calibration.get("tokens"):
-        calib_text += (
-            f", {calibration['rows']} rows × {calibration['seq_len']} tokens ({calibration['tokens']:,} tokens)"
-        )
+    c = plan.calibration
+    calib_text = c.get("source", "none")
+    if c.get("tokens"):
+        held = f"; {c['held_out_rows']} more rows held out to measure" if c.get("held_out_rows") else ""
+        calib_text += f", {c['rows']} rows × {c['seq_len']} tokens ({c['tokens']:,} tokens){held}"
     if neurons:
         allocation = (
             f"{plan.config.get('allocation')} neuron schedule (experts of different widths; loading needs "
@@ -250,8 +195,8 @@ def render_model_card(
         reference=reference or "see hf_moe_prune",
         ratio="—" if plan.ratio is None else f"{plan.ratio:g}",
         summary=summary,
-        loading_note=_loading_note(uniform, remote_code),
-        usage=_usage(
+        loading_note=loading_note(uniform, remote_code),
+        usage=usage(
             repo_id or "path/to/this/folder",
             uniform,
             remote_code,
@@ -272,6 +217,8 @@ def render_model_card(
         ],
         neurons=neurons,
         quality=format_quality(quality),
+        held_out=quality_markdown(plan.quality),
+        search=search_line(plan.search),
         citation=CITATIONS.get(arxiv.group(1)) if arxiv else None,
     )
 

@@ -70,7 +70,7 @@ def decide(
         plan_blocks = []
         for block in job.blocks:
             scores = all_scores[block.name]
-            kept = select_experts(scores, counts[block.name], block.groups[0])
+            kept = kept_experts(method, stats.get(block.name), scores, counts[block.name], block, method_kwargs)
             plan_blocks.append(BlockPlan(block.name, block.layer_idx, block.num_experts, kept, scores.tolist()))
     calibration = {"source": describe(config.calibration)}
     if job.rows is not None:
@@ -88,6 +88,22 @@ def decide(
         unit=config.unit,
         neuron_schedule=schedule,
     )
+
+
+def kept_experts(
+    method, stats: LayerStats | None, scores: torch.Tensor, keep: int, block, method_kwargs: dict[str, Any]
+) -> list[int]:
+    """The `keep` experts `block` keeps, ascending: the method's own joint choice from the block's statistics when it
+    has a `select`, else the `keep` best scores (`select_experts`); expert groups keep equal counts either way."""
+    if method.select is None:
+        return select_experts(scores, keep, block.groups[0])
+    kept = [int(e) for e in method.select(stats, keep, block.groups[0], **method_kwargs)]
+    if len(kept) != keep or kept != sorted(set(kept)) or not all(0 <= e < block.num_experts for e in kept):
+        raise RuntimeError(
+            f"method {method.name!r} selected {kept} in {block.name}: expected {keep} distinct experts of "
+            f"{block.num_experts}, ascending."
+        )
+    return kept
 
 
 def _neuron_blocks(blocks, scores, stats, config, options) -> tuple[list[BlockPlan], dict]:

@@ -14,18 +14,26 @@ from hf_moe_prune.calibration import calibration_rows
 from hf_moe_prune.compensation import check_compensation
 from hf_moe_prune.config import MoEPruneConfig
 from hf_moe_prune.methods import METHODS, ScoringMethod
+from hf_moe_prune.pipeline.measure import hold_out
 from hf_moe_prune.registries import COMPENSATIONS, schedule_options
 from hf_moe_prune.reshape import WidthGroupedExperts, check_same_count, neuron_layout
 
 
 @dataclass
 class PruneJob:
-    """Everything checked and prepared before calibration: blocks, method, calibration rows."""
+    """Everything checked and prepared before calibration: blocks, method, calibration rows.
+
+    `rows` are the scoring rows: the observers, a method's `fit` and the allocations see these only. `eval_rows` are
+    the calibration rows held out to measure the result (`MoEPruneConfig.eval_fraction`), or None, with
+    `eval_skipped` saying why when measurement was asked for.
+    """
 
     config: MoEPruneConfig
     blocks: list[MoEBlock]
     method: ScoringMethod
     rows: torch.Tensor | None
+    eval_rows: torch.Tensor | None = None
+    eval_skipped: str | None = None
 
 
 def as_config(config: MoEPruneConfig | dict[str, Any]) -> MoEPruneConfig:
@@ -89,15 +97,32 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
             f"method {method.name!r} learns from gradients, which torch.inference_mode() forbids: call prune outside "
             "that context (torch.no_grad() is fine), or use a forward-statistics method (reap, ean, frequency, ...)."
         )
-    rows = None
+    rows = eval_rows = skipped = None
     if method.needs_calibration:
-        if not isinstance(config.calibration, torch.Tensor):
-            tokenizer = tokenizer or config.tokenizer or default_tokenizer(model)
-        rows = calibration_rows(config.calibration, tokenizer, config.num_samples, config.seq_len, config.seed)
-        vocab = getattr(text_config(model.config), "vocab_size", None)
-        if isinstance(vocab, int) and rows.numel() and int(rows.max()) >= vocab:
-            raise ValueError(
-                f"Calibration token id {int(rows.max())} is outside the model's vocabulary of {vocab} tokens: the ids "
-                "(or the tokenizer) belong to another model."
-            )
-    return PruneJob(config, blocks, method, rows)
+        rows = _rows(model, config, tokenizer)
+    elif config.eval_fraction and config.calibration is not None:
+        # a method that reads no calibration data (random) is still measured, when data to measure it on is given
+        try:
+            rows = _rows(model, config, tokenizer)
+        except (ValueError, TypeError, OSError) as error:
+            skipped = f"the calibration data could not be read ({error})"
+    if rows is not None:
+        rows, eval_rows, skipped = hold_out(rows, config.eval_fraction)
+        if not method.needs_calibration:
+            rows = None  # tokenized for the held-out rows only
+    elif config.eval_fraction and skipped is None:
+        skipped = "no calibration data to hold rows out of"
+    return PruneJob(config, blocks, method, rows, eval_rows, skipped)
+
+
+def _rows(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any) -> torch.Tensor:
+    if not isinstance(config.calibration, torch.Tensor):
+        tokenizer = tokenizer or config.tokenizer or default_tokenizer(model)
+    rows = calibration_rows(config.calibration, tokenizer, config.num_samples, config.seq_len, config.seed)
+    vocab = getattr(text_config(model.config), "vocab_size", None)
+    if isinstance(vocab, int) and rows.numel() and int(rows.max()) >= vocab:
+        raise ValueError(
+            f"Calibration token id {int(rows.max())} is outside the model's vocabulary of {vocab} tokens: the ids "
+            "(or the tokenizer) belong to another model."
+        )
+    return rows

@@ -11,9 +11,12 @@ import torch
 from hf_moe_prune.calibration import LayerStats, collect_stats
 from hf_moe_prune.calibration.distributed import broadcast_plan
 from hf_moe_prune.calibration.recorders import BlockInputRecorder
+from hf_moe_prune.calibration.teacher import NotALanguageModel, record_teacher
+from hf_moe_prune.pipeline import auto
 from hf_moe_prune.pipeline.apply import apply
 from hf_moe_prune.pipeline.decide import decide, statistics_needed
 from hf_moe_prune.pipeline.job import PruneJob
+from hf_moe_prune.pipeline.measure import FULL_LOAD, log_quality, measure
 from hf_moe_prune.plan import PrunePlan
 from hf_moe_prune.registries import ALLOCATIONS, COMPENSATIONS
 
@@ -39,8 +42,15 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
     `hf_moe_prune.api`, which binds saving)."""
     config, method = job.config, job.method
     start = time.perf_counter()
+    teacher, quality = record_held_out(model, job, progress)  # before anything can change the model
     wants_inputs = COMPENSATIONS.get(config.compensation).needs_inputs
     requires, _, _ = statistics_needed(job)
+    searching = auto.searches(config)
+    if searching:
+        if teacher is None:  # before the calibration pass: the search has nothing to judge candidates on
+            why = (quality or {}).get("skipped", "measurement is off")
+            raise ValueError(f"auto: no held-out rows to judge candidate plans on ({why}).")
+        requires = auto.required_statistics(job)
     recorder = None
     allocator = ALLOCATIONS.get(config.allocation) if isinstance(config.allocation, str) else None
     if job.rows is not None and (wants_inputs or (allocator is not None and allocator.needs_inputs)):
@@ -63,6 +73,10 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
         with torch.enable_grad():  # gradient methods work under a caller's torch.no_grad() / inference code too
             fitted = method.fit(model, job.blocks, job.rows, config, progress=progress)
     context: dict[str, Any] = {"config": config, "model": model, "rows": job.rows, "seed": config.seed}
+    result = None
+    if searching:
+        job, result = auto.search(model, job, stats, teacher, context, time.perf_counter() - start, progress)
+        context["config"] = job.config
     inputs = None
     if recorder is not None:
         inputs, context["input_norms"] = recorder.result()
@@ -73,4 +87,27 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
     before = sum(p.numel() for p in model.parameters())
     apply(model, plan, stats=stats, compensation=config.compensation, inputs=inputs)
     plan.parameters = {"before": before, "after": sum(p.numel() for p in model.parameters())}
+    if teacher is not None:
+        quality = {**measure(model, teacher, config.batch_size, progress), **FULL_LOAD}
+    auto.record(plan, result)
+    finish(plan, job, quality)
     return plan
+
+
+def record_held_out(model: torch.nn.Module, job: PruneJob, progress: bool = True):
+    """The unpruned model's targets on the job's held-out rows (no grad), or None with the quality block saying why
+    (None too when measurement is off)."""
+    if job.eval_rows is None:
+        return None, {"skipped": job.eval_skipped} if job.eval_skipped else None
+    try:
+        return record_teacher(model, job.eval_rows, batch_size=job.config.batch_size, progress=progress), None
+    except NotALanguageModel as error:
+        return None, {"skipped": str(error).rstrip(".")}
+
+
+def finish(plan: PrunePlan, job: PruneJob, quality: dict[str, Any] | None) -> None:
+    """Record the held-out measurement (and how many rows were held out) on the plan, and log it."""
+    if job.eval_rows is not None:
+        plan.calibration["held_out_rows"] = len(job.eval_rows)
+    plan.quality = quality
+    log_quality(quality)

@@ -100,7 +100,8 @@ def check_same_count(adapter: MoEAdapter, counts, allocation=None) -> None:
     """Refuse per-layer expert counts that differ (or an `allocation` that scores make differ) for a family whose
     model reads the count from the config all its layers share (`MoEAdapter.same_count`)."""
     counts = sorted(set(counts))
-    scored = isinstance(allocation, str) and not ALLOCATIONS.get(allocation).fixed_counts
+    record = ALLOCATIONS.get(allocation) if isinstance(allocation, str) else None
+    scored = record is not None and not (record.fixed_counts or record.searches)  # a search keeps to equal counts
     if adapter.same_count and (len(counts) > 1 or scored):
         kept = f"allocation={allocation!r}" if scored else f"keeping {counts} experts per layer"
         same = " or ".join(repr(a.name) for a in ALLOCATIONS.values() if a.fixed_counts)

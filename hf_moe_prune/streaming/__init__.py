@@ -12,9 +12,15 @@
    sees the unpruned layer's outputs (`propagation="dense"`, the default: the statistics then equal those of a
    full forward) or the outputs with this layer already pruned (`propagation="pruned"`, decided layer by layer;
    needs a per-layer allocation).
+   The calibration rows held out to measure the result (`MoEPruneConfig.eval_fraction`) run through the same
+   unpruned layer after the observers are detached (never masked, never observed); after the last layer the model's
+   own final norm and LM head turn their hidden states into the unpruned model's targets
+   (`hf_moe_prune.calibration.teacher`), as a full forward would.
 4. The plan is decided from the statistics as after a full load, then only the kept experts' tensors are read
    (dropped experts' per-expert tensors are skipped, fused tensors and router rows are read row by row), so the
-   compact model is the only model ever materialized.
+   compact model is the only model ever materialized. It then runs whole on the held-out rows, and
+   `PrunePlan.quality` compares it with the targets (`mode: "streaming"`; the same numbers as after a full load, to
+   float rounding).
 
 Needs forward statistics only: methods with a `fit` (gradients: `compel`, `diep`), allocations that re-run the model
 (`evolutionary`) or record block inputs (`outlier`), and compensation (`fisher` re-runs blocks, `merge` reads the
@@ -37,7 +43,7 @@ from hf_moe_prune.calibration.stats import LayerStats
 from hf_moe_prune.config import MoEPruneConfig
 from hf_moe_prune.reshape import check_same_count, set_expert_count
 from hf_moe_prune.streaming.checkpoint import Checkpoint, Loader, StreamingRefused, check_against_config
-from hf_moe_prune.streaming.layers import calibrate, decoder_layers, load_compact
+from hf_moe_prune.streaming.layers import calibrate, decoder_layers, head_teacher, load_compact
 from hf_moe_prune.streaming.refusals import (
     PROPAGATIONS,
     check_streamable,
@@ -79,6 +85,23 @@ def _skeleton(model_config, dtype, model_class=None):
             "names no `architectures`): pass `model_class=` to `stream_prune`, or load with that class's "
             "`from_pretrained`."
         ) from error
+
+
+def _teacher(model, layers, job, finals, quality):
+    """The unpruned model's records on the held-out rows from their last hidden states, or None and why not."""
+    from hf_moe_prune.calibration.teacher import NotALanguageModel
+
+    if finals is None:
+        return None, quality
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()  # loading the embeddings replaced the parameter a tied LM head shares
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and head.weight.device.type == "meta":
+        return None, {"skipped": "the LM head's weights were not in the checkpoint's non-layer tensors"}
+    try:
+        return head_teacher(model, layers, job.eval_rows, finals, job.config.batch_size), None
+    except NotALanguageModel as error:
+        return None, {"skipped": str(error).rstrip(".")}
 
 
 def _resolve(path: str, **hub_kwargs) -> str:
@@ -124,6 +147,8 @@ def stream_prune(
     from transformers import AutoConfig, GenerationConfig
 
     from hf_moe_prune.pipeline import decide, prepare, statistics_needed, tokenizer_at
+    from hf_moe_prune.pipeline.measure import STREAMING, measure
+    from hf_moe_prune.pipeline.run import finish
 
     start = time.perf_counter()
     folder = _resolve(path, **hub_kwargs)
@@ -168,8 +193,13 @@ def stream_prune(
     requires, _, _ = statistics_needed(job)
     stats = {b.name: LayerStats(b.num_experts) for b in job.blocks}
     kept_so_far: dict[str, list[int]] = {}
-    if job.rows is not None:
-        stats = calibrate(model, job, layers, groups, checkpoint, loader, requires, propagation, kept_so_far, progress)
+    teacher, quality = None, {"skipped": job.eval_skipped} if job.eval_skipped else None
+    if job.rows is not None or job.eval_rows is not None:
+        observed, finals = calibrate(
+            model, job, layers, groups, checkpoint, loader, requires, propagation, kept_so_far, progress
+        )
+        stats.update(observed)
+        teacher, quality = _teacher(model, layers, job, finals, quality)
     plan = decide(job, model.config, stats, None, {"config": config, "seed": config.seed}, time.perf_counter() - start)
     if kept_so_far:  # pruned-prefix propagation already decided every layer
         for block_plan in plan.blocks:
@@ -189,6 +219,9 @@ def stream_prune(
     from hf_moe_prune.export.attach import attach_plan
 
     plan.parameters = {"before": params_before, "after": sum(p.numel() for p in model.parameters())}
+    if teacher is not None:  # the compact model, whole: measured as after a full load
+        quality = {**measure(model, teacher, config.batch_size, progress), **STREAMING}
+    finish(plan, job, quality)
     plan.calibration["streaming"] = {
         "propagation": propagation,
         "seconds": round(time.perf_counter() - start, 2),

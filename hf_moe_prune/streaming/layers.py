@@ -11,10 +11,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hf_moe_prune.adapters import find_blocks
-from hf_moe_prune.allocation import keep_counts, select_experts
+from hf_moe_prune.allocation import keep_counts
 from hf_moe_prune.calibration.observers import ExpertObserver
 from hf_moe_prune.calibration.runner import peak_memory
 from hf_moe_prune.calibration.stats import LayerStats
+from hf_moe_prune.pipeline.decide import kept_experts
 from hf_moe_prune.plan import PrunePlan
 from hf_moe_prune.reshape import mask_experts, slice_block
 from hf_moe_prune.streaming.checkpoint import EXPERT_INDEX, KeptRows, StreamingRefused, release, trim
@@ -79,11 +80,17 @@ def _run_layer(layer, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.
 
 
 def calibrate(model, job, layers, groups, checkpoint, loader, requires, propagation, kept_so_far, progress):
+    """One pass over the decoder layers, each loaded once: the scoring rows run through it with the observers
+    attached (statistics per block), the held-out rows (`job.eval_rows`) after the observers are detached, always
+    through the unpruned layer. Returns the statistics and the held-out rows' last hidden states per batch (None
+    without held-out rows)."""
     from hf_moe_prune.pipeline import statistics_needed
 
     config = job.config
-    captured = capture_layer_inputs(model, layers, job.rows, config.batch_size)
+    captured = capture_layer_inputs(model, layers, job.rows, config.batch_size) if job.rows is not None else []
     hidden = [_hidden_of(*batch[0]) for batch in captured]
+    held = [] if job.eval_rows is None else capture_layer_inputs(model, layers, job.eval_rows, config.batch_size)
+    held_hidden = [_hidden_of(*batch[0]) for batch in held]
     by_layer: dict[int, list] = {}
     for block in job.blocks:
         by_layer.setdefault(block.layer_idx, []).append(block)
@@ -94,7 +101,7 @@ def calibrate(model, job, layers, groups, checkpoint, loader, requires, propagat
     for i in bar:
         layer = layers[i]
         loader.load(model, {k: checkpoint.slice(k) for k in groups.get(i, {})})
-        observers = [ExpertObserver(block, requires) for block in by_layer.get(i, [])]
+        observers = [ExpertObserver(block, requires) for block in by_layer.get(i, [])] if captured else []
         for observer in observers:
             observer.attach()
         try:
@@ -112,14 +119,41 @@ def calibrate(model, job, layers, groups, checkpoint, loader, requires, propagat
                 block = observer.block
                 generator = torch.Generator().manual_seed(config.seed)
                 scores = job.method.score(stats[block.name], generator, **method_kwargs).double()
-                decided[block.name] = select_experts(scores, counts[block.name], block.groups[0])
+                decided[block.name] = kept_experts(
+                    job.method, stats[block.name], scores, counts[block.name], block, method_kwargs
+                )
             kept_so_far.update(decided)
             with torch.no_grad(), RowBuckets(), mask_experts(by_layer[i], decided):
                 outputs = [_run_layer(layer, h, *captured[b][i]) for b, h in enumerate(hidden)]
         hidden = outputs
+        if held:  # the teacher's path: no observer attached, no expert masked
+            with torch.no_grad(), RowBuckets():
+                held_hidden = [_run_layer(layer, h, *held[b][i]) for b, h in enumerate(held_hidden)]
         release(layer)
         bar.set_postfix(peak_memory(), refresh=False)
-    return stats
+    return stats, held_hidden if held else None
+
+
+def head_teacher(model, layers: nn.ModuleList, rows: torch.Tensor, finals: list[torch.Tensor], batch_size: int):
+    """`TeacherRecords` of `rows` from their hidden states after the last decoder layer (`finals`, per batch): the
+    model's own forward runs with every decoder layer replaced by one that returns them, so the family's final norm,
+    LM head (and any logit processing) turn them into logits; the layers' weights are not needed."""
+    from hf_moe_prune.calibration.teacher import TeacherRecorder, logits_of, shift_of
+
+    recorder = TeacherRecorder(shift=shift_of(model))
+    extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+    for batch, start in enumerate(range(0, len(rows), batch_size)):
+        ids = rows[start : start + batch_size]
+        for layer in layers:
+            layer.forward = lambda *args, final=finals[batch], **kwargs: final
+        try:
+            with torch.no_grad():
+                output = model(input_ids=ids, **extra)
+        finally:
+            for layer in layers:
+                del layer.forward
+        recorder.add(logits_of(model, getattr(output, "logits", None), ids), ids)
+    return recorder.result()
 
 
 def load_compact(model, plan: PrunePlan, layers, groups, checkpoint, loader, progress) -> None:

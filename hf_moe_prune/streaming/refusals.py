@@ -12,7 +12,7 @@ PROPAGATIONS = ("dense", "pruned")
 
 def _forward_only() -> str:
     """The registered methods that need forward statistics only (no `fit`): the ones that stream."""
-    return ", ".join(name for name in METHODS.names() if METHODS.get(name).fit is None)
+    return ", ".join(m.name for m in METHODS.values() if m.fit is None and not m.searches)
 
 
 def pruned_checkpoint_refusal(model_config) -> str | None:
@@ -90,7 +90,10 @@ def streaming_refusal(
     if method.fit is not None:
         reasons.append(f"method {method.name!r} needs gradients through the whole model")
     allocator = ALLOCATIONS.get(config.allocation) if isinstance(config.allocation, str) else None
-    if allocator is not None and not allocator.streams:
+    if getattr(method, "searches", False) or (allocator is not None and allocator.searches):
+        searching = method.name if getattr(method, "searches", False) else config.allocation
+        reasons.append(f"{searching!r} judges candidate plans by running the whole model on held-out rows")
+    if allocator is not None and not allocator.streams and not allocator.searches:
         needs = "re-runs the model" if allocator.reads_model else "records block inputs"
         reasons.append(f"allocation {config.allocation!r} {needs}")
     compensator = COMPENSATIONS.get(config.compensation)
