@@ -60,9 +60,9 @@ class MoEPruneConfig(QuantizationConfigMixin):
             or a Hub dataset name (needs network). Not written to config.json.
         num_samples (`int`, *optional*, defaults to 128): Number of packed calibration rows of `seq_len` tokens.
         eval_fraction (`float`, *optional*, defaults to 0.1):
-            Share of the `num_samples` calibration rows held out to measure the result: the last `max(1,
-            round(eval_fraction × rows))` rows (when there are at least 2) are never used for scoring, which uses the
-            rest; on them the pruned model is compared with the unpruned one (KL divergence, top-1 agreement,
+            Share of the `num_samples` calibration rows held out to measure the result: `max(1, round(eval_fraction ×
+            rows))` evenly spaced rows (when there are at least 2) are never used for scoring, which uses the rest; on
+            them the pruned model is compared with the unpruned one (KL divergence, top-1 agreement,
             perplexity of both: `PrunePlan.quality`). In [0, 1); `0` scores with every row and measures nothing.
         time_budget (`float`, *optional*):
             Seconds the `method="auto"` / `allocation="auto"` search may spend judging candidate plans on the held-out

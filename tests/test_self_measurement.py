@@ -65,9 +65,12 @@ def test_bad_eval_fraction_flag_is_a_usage_error(value, capsys):
     assert error.value.code == 2 and "--eval-fraction: must be" in capsys.readouterr().err
 
 
-def test_hold_out_takes_the_last_rows_and_leaves_at_least_one_to_score():
+SCORED = [0, 1, 2, 4, 5, 6, 8, 9, 10]  # eval_fraction=0.25 of 12 rows holds out every fourth: 3, 7, 11
+
+
+def test_hold_out_takes_evenly_spaced_rows_and_leaves_at_least_one_to_score():
     scoring, held, reason = hold_out(ROWS, 0.25)
-    assert torch.equal(scoring, ROWS[:9]) and torch.equal(held, ROWS[9:]) and reason is None
+    assert torch.equal(scoring, ROWS[SCORED]) and torch.equal(held, ROWS[[3, 7, 11]]) and reason is None
     assert len(hold_out(ROWS, 0.01)[1]) == 1  # at least one row
     assert len(hold_out(ROWS[:2], 0.9)[0]) == 1  # at least one scoring row
     assert hold_out(ROWS, 0) == (ROWS, None, None)
@@ -86,9 +89,9 @@ def test_held_out_rows_are_never_seen_by_the_observers(method, monkeypatch):
 
     monkeypatch.setattr(RUN, "collect_stats", spy)
     _, held_out = _prune(MoEPruneConfig(method, 0.5, calibration=ROWS, eval_fraction=0.25, batch_size=4))
-    _, alone = _prune(MoEPruneConfig(method, 0.5, calibration=ROWS[:9], eval_fraction=0, batch_size=4))
-    assert torch.equal(seen[0], ROWS[:9]) and torch.equal(seen[1], ROWS[:9])
-    # statistics of the first 75% of the rows alone: the same scores, the same plan
+    _, alone = _prune(MoEPruneConfig(method, 0.5, calibration=ROWS[SCORED], eval_fraction=0, batch_size=4))
+    assert torch.equal(seen[0], ROWS[SCORED]) and torch.equal(seen[1], ROWS[SCORED])
+    # statistics of the scoring rows alone: the same scores, the same plan
     assert [b.scores for b in held_out.blocks] == [b.scores for b in alone.blocks]
     assert [b.kept for b in held_out.blocks] == [b.kept for b in alone.blocks]
     assert held_out.calibration["rows"] == 9 and held_out.calibration["held_out_rows"] == 3
@@ -101,7 +104,9 @@ def test_held_out_rows_are_never_seen_by_the_observers(method, monkeypatch):
 @pytest.mark.parametrize("method", ["compel", "diep"])
 def test_gradient_methods_fit_on_scoring_rows_only(method, fixture_model):
     job = prepare(fixture_model, MoEPruneConfig(method, 0.5, calibration=ROWS, eval_fraction=0.25))
-    assert torch.equal(job.rows, ROWS[:9]) and torch.equal(job.eval_rows, ROWS[9:])  # run passes job.rows to fit
+    assert torch.equal(job.rows, ROWS[SCORED]) and torch.equal(
+        job.eval_rows, ROWS[[3, 7, 11]]
+    )  # run passes job.rows to fit
 
 
 def test_teacher_records_are_the_unpruned_models_log_probs(fixture_model):

@@ -1,6 +1,6 @@
 """Self-measurement: the pruned model against the unpruned one on calibration rows held out from scoring.
 
-`hold_out` splits the calibration rows (the last `eval_fraction` of them are never scored), the unpruned model's
+`hold_out` splits the calibration rows (an evenly spaced `eval_fraction` of them are never scored), the unpruned model's
 targets on them are recorded before the model changes (`hf_moe_prune.calibration.teacher.record_teacher`), and
 `measure` runs the pruned model on the same rows:
 
@@ -43,7 +43,9 @@ _TAIL_FLOOR = math.log(torch.finfo(torch.float32).eps)
 
 
 def hold_out(rows: torch.Tensor, eval_fraction: float) -> tuple[torch.Tensor, torch.Tensor | None, str | None]:
-    """Split calibration rows into scoring rows and held-out rows (the last `max(1, round(eval_fraction × rows))`).
+    """Split calibration rows into scoring rows and held-out rows: `max(1, round(eval_fraction × rows))` rows evenly
+    spaced through the data (the last of every `1 / eval_fraction`), so that held-out rows sample every part of a
+    calibration set packed in order (domains one after another), not only its tail.
 
     Returns:
         `(scoring, held_out, reason)`: `held_out` is None when nothing is held out, with `reason` saying why (None
@@ -54,7 +56,11 @@ def hold_out(rows: torch.Tensor, eval_fraction: float) -> tuple[torch.Tensor, to
     if len(rows) < 2:
         return rows, None, f"only {len(rows)} calibration row: none can be held out to measure the pruned model"
     count = min(max(1, round(eval_fraction * len(rows))), len(rows) - 1)
-    return rows[:-count], rows[-count:], None
+    step = len(rows) / count
+    held = {min(len(rows) - 1, int((i + 1) * step) - 1) for i in range(count)}
+    # explicit devices: the quantizer prepares under a meta default device, where data-dependent indexing fails
+    scoring = torch.tensor([i for i in range(len(rows)) if i not in held], device=rows.device)
+    return rows[scoring], rows[torch.tensor(sorted(held), device=rows.device)], None
 
 
 def _kl_per_position(teacher: TeacherRecords, student_top: torch.Tensor) -> torch.Tensor:
