@@ -1,7 +1,7 @@
 """Self-measurement: the pruned model against the unpruned one on calibration rows held out from scoring.
 
-`hold_out` splits the calibration rows (an evenly spaced `eval_fraction` of them are never scored), the unpruned model's
-targets on them are recorded before the model changes (`hf_moe_prune.calibration.teacher.record_teacher`), and
+`hold_out` splits the calibration rows (an evenly spaced `eval_fraction` of them are never scored), the unpruned
+model's targets on them are recorded before the model changes (`hf_moe_prune.calibration.teacher.record_teacher`), and
 `measure` runs the pruned model on the same rows:
 
     kl               mean over positions of KL(teacher || pruned) over the teacher's top-k tokens plus one tail bucket
