@@ -20,25 +20,12 @@ from hf_moe_prune.pipeline import prepare
 from hf_moe_prune.streaming import stream_prune
 from hf_moe_prune.testing import fixture_path, mixed_texts, tiny_model
 
+from .test_observers import ROUTES, _fixed_routing_block  # the same fixed-routing block
+
 ROWS = torch.randint(1, 300, (6, 32), generator=torch.Generator().manual_seed(0))
 # (first expert, second expert) of each token: the router below sends token t to exactly these two.
-ROUTES = [(0, 1), (0, 2), (3, 1), (5, 6), (5, 0), (7, 3), (0, 1)]
 FIRST_ORDER = ("count", "gate_sum", "norm_sum", "gate_norm_sum", "direction_sum")
 SMALL = {"num_samples": 12, "seq_len": 96, "batch_size": 4}
-
-
-def _fixed_routing_block(norm_topk_prob):
-    model = tiny_model("qwen3_moe", norm_topk_prob=norm_topk_prob)
-    block = find_blocks(model)[0]
-    hidden = block.experts.gate_up_proj.shape[-1]
-    with torch.no_grad():
-        block.router.weight.zero_()
-        block.router.weight[:, :8] = 4.0 * torch.eye(8)  # logit of expert j = 4 * x[j]
-    x = torch.zeros(len(ROUTES), hidden)
-    for t, (a, b) in enumerate(ROUTES):
-        x[t, a], x[t, b] = 2.0, 1.0  # logits 8 and 4 for a and b, 0 elsewhere
-        x[t, 8 + t] = 0.5  # distinct tokens, outside the router's view
-    return block, x
 
 
 def _observe(block, x, names):
