@@ -1,19 +1,22 @@
 """Expert-neuron pruning (TENP) against whole-expert pruning at the same parameter budget, and the speed of the
 width-grouped expert layout against the stock fused layout at equal parameters.
 
-    python benchmarks/neurons.py quality [--write]   # both trained fixtures, 25% and 40% routed-expert sparsity
+    python benchmarks/neurons.py quality [--write]   # every trained fixture, 25% and 40% routed-expert sparsity
+    python benchmarks/neurons.py quality --fixtures olmoe --only trapezoid flat --repeats 1   # just those rows
     python benchmarks/neurons.py layout [--write]    # one synthetic MoE layer: width-grouped vs stock, per kernel
 
 Quality: each configuration prunes the fixture calibrated on the mixed domains and is evaluated on held-out text
 (perplexity, KL and top-1 agreement against the unpruned model), with its routed-expert sparsity (what was actually
 removed), total parameters, weight memory, forward throughput (tokens/s over 8 × 256-token rows) and greedy generation
 throughput (batch 1, 32 new tokens); timings are medians over --repeats runs. Whole-expert pruning cannot always hit
-the budget to the expert (16 experts per layer): at 40% the global allocation keeps total − floor(0.4 × total)
-experts; the sparsity column says what each row removed.
+the budget to the expert (16 or 32 experts per layer, in groups of 8 on deepseek_v3): where the uniform counts miss
+total − floor(ratio × total), the global allocation keeps exactly that many; the sparsity column says what each row
+removed.
 
-Layout: a Qwen3-MoE experts layer (hidden 1024, 64 experts of 512 neurons, top-8) narrowed the way TENP narrows it
-(a quarter of the experts whole, the rest at half width) is timed against the stock fused module whose uniform width
-gives exactly the same parameter count, for prefill (2048 tokens) and decode (8 tokens), per experts implementation.
+Layout: a Qwen3-MoE experts layer (hidden 1024, 64 experts of 512 neurons, top-8) narrowed the way TENP's trapezoid
+narrows it (a quarter of the experts whole, the rest at half width) is timed against the stock fused module whose
+uniform width gives exactly the same parameter count, for prefill (2048 tokens) and decode (8 tokens), per experts
+implementation.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import math
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import hf_moe_prune
 from hf_moe_prune import MoEPruneConfig, find_blocks
+from hf_moe_prune.allocation import keep_counts, total_budget
 from hf_moe_prune.pipeline.evaluation import evaluate
 from hf_moe_prune.reshape.grouped import prune_neurons
 from hf_moe_prune.testing import DOMAINS, FIXTURES, fixture_path, fixture_texts, mixed_texts
@@ -41,9 +46,9 @@ except ImportError:  # run as a module
 CONFIGS = {
     "reap, whole experts": {"method": "reap", "unit": "expert"},
     "reap + fisher, whole experts": {"method": "reap", "unit": "expert", "compensation": "fisher"},
-    "tenp (trapezoid)": {"method": "tenp"},
+    "tenp (trapezoid)": {"method": "tenp", "allocation": "trapezoid"},
     "tenp, flat schedule": {"method": "tenp", "allocation": "uniform"},
-    "tenp + drop 1/8 experts": {"method": "tenp", "method_kwargs": {"drop_experts": 0.125}},
+    "tenp + drop 1/8 experts": {"method": "tenp", "allocation": "trapezoid", "method_kwargs": {"drop_experts": 0.125}},
     "reap ranking, neurons (uniform)": {"method": "reap", "unit": "neuron", "allocation": "uniform"},
 }
 
@@ -82,6 +87,16 @@ def _row(context, label, target, model, result) -> None:
     lines.append(line)
 
 
+def _expert_allocation(model, ratio: float) -> str:
+    """`uniform` where every layer removing floor(ratio × E) experts removes exactly floor(ratio × total), else
+    `global`, unless expert groups (deepseek_v3: counts in steps of 4) cannot reach that total either."""
+    blocks, config = find_blocks(model), MoEPruneConfig(ratio=ratio)
+    budget = total_budget(blocks, config)
+    if sum(keep_counts(blocks, config).values()) == budget or budget % math.lcm(*(b.groups[0] for b in blocks)):
+        return "uniform"
+    return "global"
+
+
 def quality(args) -> str:
     sections = []
     for name in args.fixtures:
@@ -102,8 +117,10 @@ def quality(args) -> str:
         _row(context, "full model", "—", reference, evaluate(reference, tokenizer, eval_texts, **kwargs))
         for ratio in args.ratios:
             for label, options in CONFIGS.items():
+                if args.only and not any(part.lower() in label.lower() for part in args.only):
+                    continue
                 options = dict(options)
-                if options.get("unit") == "expert" and ratio * 16 != int(ratio * 16):
+                if options.get("unit") == "expert" and _expert_allocation(reference, ratio) == "global":
                     options["allocation"] = "global"  # uniform counts cannot express this budget; global can
                     label = label.replace("whole experts", "whole experts (global)")
                 model = copy.deepcopy(reference)
@@ -182,6 +199,7 @@ def main() -> None:
     parser.add_argument("what", choices=["quality", "layout"])
     parser.add_argument("--fixtures", nargs="+", default=list(FIXTURES))
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.4])
+    parser.add_argument("--only", nargs="+", help="quality: only the configurations whose label contains one of these")
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--eval-rows", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)

@@ -122,9 +122,22 @@ def test_budget_is_met_exactly(ratio, multiple_of):
     assert all(w % multiple_of == 0 for widths in plan.expert_widths.values() for w in widths)
 
 
-def test_trapezoid_keeps_more_in_deeper_layers():
+def test_tenp_defaults_to_the_flat_schedule():
+    """The flat schedule measured better than the trapezoid on every trained fixture (`benchmarks/neurons.py`)."""
+    assert MoEPruneConfig("tenp", 0.4).allocation == "uniform"
     model = AutoModelForCausalLM.from_pretrained(fixture_path("qwen3_moe"))
     plan = hf_moe_prune.prune(model, _fixture_config(), progress=False)
+    assert plan.neuron_schedule["keep_whole"] == [0.0, 0.0]
+    shallow, deep = plan.neuron_schedule["neuron_keep_solved"]
+    assert shallow == deep
+    for block_plan in plan.blocks:  # every expert narrowed, alike up to the rounding repair (one step of 8)
+        assert len(block_plan.neurons) == block_plan.num_experts
+        assert max(block_plan.widths) - min(block_plan.widths) <= 8 and max(block_plan.widths) < 64
+
+
+def test_trapezoid_keeps_more_in_deeper_layers():
+    model = AutoModelForCausalLM.from_pretrained(fixture_path("qwen3_moe"))
+    plan = hf_moe_prune.prune(model, _fixture_config(allocation="trapezoid"), progress=False)
     layers = plan.neuron_schedule["layers"]
     whole = [layer["whole"] for layer in layers]
     kept_neurons = [sum(b.widths) for b in plan.blocks]

@@ -55,11 +55,9 @@ def _prune(name: str, out: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(path, pruning_config=config)
     else:
         tokenizer = tiny_tokenizer()
-        # eval_fraction=0: the backends' older transformers keep DeepseekV3MoE.n_routed_experts from before slicing,
-        # so the pruned model in memory cannot run there (its reload from disk can); known, to fix in reshape.
-        config = MoEPruneConfig(
-            method="reap", calibration=[SAMPLE_TEXT] * 8, num_samples=4, seq_len=64, eval_fraction=0, **options
-        )
+        # The held-out measurement runs the pruned model in memory: under the OpenVINO environment's older
+        # transformers that needs DeepseekV3MoE.n_routed_experts sliced too (`MoEAdapter.count_attrs`).
+        config = MoEPruneConfig(method="reap", calibration=[SAMPLE_TEXT] * 8, num_samples=4, seq_len=64, **options)
         model = tiny_model(name)
         hf_moe_prune.prune(model, config, tokenizer=tokenizer)
     model.save_pretrained(out)

@@ -116,7 +116,8 @@ class MoEAdapter:
     flat_expert_tensors: tuple[str, ...] = ()
     standalone: bool = True
     trailing_rows: int | str = 0
-    count_attrs: tuple[str, ...] = ("num_experts",)
+    # n_routed_experts: DeepSeek-V3-style blocks and routers of older transformers (5.5) read it in forward
+    count_attrs: tuple[str, ...] = ("num_experts", "n_routed_experts")
     same_count: bool = False
     layer_state: bool = False
     fixed_routing: str | None = None

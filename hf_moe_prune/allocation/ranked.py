@@ -1,5 +1,5 @@
-"""`global` and `learned`: all experts of all layers ranked together under one budget, so layers keep different
-counts."""
+"""`global` (all experts of all layers ranked together under one budget) and `learned` (each layer keeps its
+expected count under learned keep probabilities): layers keep different counts."""
 
 from __future__ import annotations
 
@@ -36,6 +36,15 @@ def global_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
 
 @register_allocation("learned")
 def learned_allocation(blocks, scores, budget, context=None) -> dict[str, int]:
-    """Raw scores ranked across layers (for methods whose scores are already comparable between layers, e.g. DiEP's
-    learned σ(α + β) keep probabilities)."""
-    return _global_rank(blocks, {b.name: scores[b.name] for b in blocks}, budget)
+    """Each layer keeps its expected count Σ_j p_j under keep probabilities p (DiEP's learned σ(α + β)).
+
+    The counts are scaled to the exact budget with the per-layer floors (for other non-negative scores: in proportion
+    to each layer's sum).
+
+    With binary probabilities this is ranking them across layers; with interior ones (DiEP's relaxation ends there)
+    ranking would hand a layer all its experts, or only its floor, for a small shift of its β."""
+    mass = {b.name: float(scores[b.name].double().clamp(min=0).sum()) for b in blocks}
+    total = sum(mass.values())
+    if total <= 0:
+        return fit_budget(blocks, {b.name: float(b.num_experts) for b in blocks}, budget)
+    return fit_budget(blocks, {b.name: budget * mass[b.name] / total for b in blocks}, budget)

@@ -4,7 +4,7 @@
 different widths)."""
 
 from hf_moe_prune.reshape.grouped import WidthGroupedExperts, narrow_experts, prune_neurons
-from hf_moe_prune.reshape.mask import mask_experts
+from hf_moe_prune.reshape.mask import mask_experts, offset_router_logits
 from hf_moe_prune.reshape.neuron_layout import NeuronLayout, expert_intermediate, neuron_layout
 from hf_moe_prune.reshape.offload import onloaded
 from hf_moe_prune.reshape.slicing import check_same_count, set_expert_count, slice_block
@@ -17,6 +17,7 @@ __all__ = [
     "mask_experts",
     "narrow_experts",
     "neuron_layout",
+    "offset_router_logits",
     "onloaded",
     "prune_neurons",
     "set_expert_count",

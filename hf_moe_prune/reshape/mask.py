@@ -51,46 +51,50 @@ def _leave(mode: MaskRouterLogits, *_) -> None:
     mode.active.pop()  # ... or its output
 
 
-@contextlib.contextmanager
-def mask_experts(blocks: list[MoEBlock], kept: dict[str, list[int]]) -> Iterator[None]:
-    """Within the context, route as if only `kept[block.name]` experts existed.
+def selection_biases(block: MoEBlock) -> list[tuple[torch.Tensor, int]]:
+    """The block's selection-only biases (score correction, expert bias) with their expert dimension.
 
-    The other experts' router logits are set to -inf where the router computes them (before any softmax, top-k or
-    group selection: masking afterwards would leave softmax denominators wrong), and their score-correction biases
-    to -inf, so no selection rule can pick them. The masked model is what slicing must reproduce exactly; it is also
-    a cheap way to try a plan without changing the model.
+    The router's own linear bias is not one of them: it already comes out of the router's `F.linear`.
     """
-    masks, saved, router_masks, handles = {}, [], [], []
+    linear_bias = f"{block.adapter.router}.{block.adapter.router_weight.rpartition('.')[0]}".rstrip(".")
+    found = []
+    for path, dim in block.adapter.expert_tensors():
+        owner = tensor_owner(block, path)
+        if owner is not None and "bias" in owner[1] and path != f"{linear_bias}.bias":
+            found.append((getattr(*owner), dim))
+    return found
+
+
+@contextlib.contextmanager
+def offset_router_logits(blocks: list[MoEBlock], offsets: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Within the context, add `offsets[block.name]` (one entry per routed expert) to the block's router logits.
+
+    The offset goes in where the router computes its logits (before any softmax, top-k or group selection: offsetting
+    afterwards would leave softmax denominators wrong) and, without gradient, onto the block's selection-only biases,
+    so that no selection rule escapes it. Trailing non-routed classes (shared/zero experts, a skip class) get 0. An
+    offset of -inf removes an expert (`mask_experts`); `log m` of a soft keep mask `m` lets gradients reach `m`
+    (DiEP's relaxed routing), since the offset is added, not copied.
+    """
+    entries, router_offsets, saved, handles = {}, [], [], []
     try:
         for block in blocks:
-            if block.name not in kept:
+            if block.name not in offsets:
                 continue
-            num_experts, trailing = block.num_experts, block.trailing_rows
-            # Trailing non-routed classes (shared/zero experts, a skip class) follow the experts, never masked.
-            dropped = torch.zeros(num_experts + trailing, dtype=torch.bool)
-            dropped[:num_experts] = True
-            dropped[torch.as_tensor(kept[block.name], dtype=torch.long)] = False
-            mask = torch.zeros(num_experts + trailing).masked_fill(dropped, float("-inf"))
-            masks[id(block.router_weight)] = (mask, block.router_weight)
-            router_masks.append((block.router, mask))
-            linear_bias = f"{block.adapter.router}.{block.adapter.router_weight.rpartition('.')[0]}".rstrip(".")
-            for path, dim in block.adapter.expert_tensors():
-                owner = tensor_owner(block, path)
-                # Selection biases (score correction, expert bias) go to -inf too; the router's own linear bias
-                # already comes out of the masked F.linear.
-                if owner is None or "bias" not in owner[1] or path == f"{linear_bias}.bias":
-                    continue
-                tensor = getattr(*owner)
+            offset = offsets[block.name]
+            if block.trailing_rows:
+                offset = torch.cat([offset, offset.new_zeros(block.trailing_rows)])
+            entries[id(block.router_weight)] = (offset, block.router_weight)
+            router_offsets.append((block.router, offset))
+            for tensor, dim in selection_biases(block):
                 saved.append((tensor, tensor.detach().clone()))
+                shape = [1] * tensor.dim()
+                shape[dim] = -1
+                # E + T entries with the trailing classes (Zaya's balancing biases), else E
                 with torch.no_grad():
-                    shape = [1] * tensor.dim()
-                    shape[dim] = -1
-                    # E + T entries with the trailing classes (Zaya's balancing biases), else E
-                    fill = dropped if tensor.shape[dim] == num_experts + trailing else dropped[:num_experts]
-                    tensor.masked_fill_(fill.to(tensor.device).view(shape), float("-inf"))
-        mode = MaskRouterLogits(masks)
-        for router, mask in router_masks:
-            handles.append(router.register_forward_pre_hook(functools.partial(_enter, mode, mask)))
+                    tensor.add_(offset.detach()[: tensor.shape[dim]].to(tensor).view(shape))
+        mode = MaskRouterLogits(entries)
+        for router, offset in router_offsets:
+            handles.append(router.register_forward_pre_hook(functools.partial(_enter, mode, offset)))
             handles.append(router.register_forward_hook(functools.partial(_leave, mode)))
         with mode:
             yield
@@ -100,3 +104,19 @@ def mask_experts(blocks: list[MoEBlock], kept: dict[str, list[int]]) -> Iterator
         with torch.no_grad():
             for tensor, value in saved:
                 tensor.copy_(value)
+
+
+def mask_experts(blocks: list[MoEBlock], kept: dict[str, list[int]]) -> contextlib.AbstractContextManager[None]:
+    """Within the context, route as if only `kept[block.name]` experts existed.
+
+    The other experts' router logits are set to -inf where the router computes them and their selection biases too
+    (see `offset_router_logits`), so no selection rule can pick them. The masked model is what slicing must reproduce
+    exactly; it is also a cheap way to try a plan without changing the model.
+    """
+    offsets = {}
+    for block in blocks:
+        if block.name in kept:
+            offset = torch.full((block.num_experts,), float("-inf"))
+            offset[torch.as_tensor(kept[block.name], dtype=torch.long)] = 0.0
+            offsets[block.name] = offset
+    return offset_router_logits(blocks, offsets)
