@@ -2,6 +2,8 @@
 
     python benchmarks/quality.py                     # both fixtures, all methods, ratios 0.25 and 0.5
     python benchmarks/quality.py --write             # ... and write the tables into benchmarks/RESULTS.md
+    python benchmarks/quality.py --methods reap+global+fisher auto auto:60   # method+allocation+compensation;
+                                                     # auto:60 = method="auto" with time_budget=60
 
 For each fixture, method and ratio the model is pruned after calibrating on the mixed domains and, separately, on each
 single domain, then evaluated on the held-out text of every domain: perplexity, KL divergence of the next-token
@@ -49,8 +51,10 @@ def run_fixture(name: str, args) -> str:
     lines.append(f"| full model | 0 | — | {cells} | {full.overall.perplexity:.2f} | 0 | 1.000 | — |")
     for ratio in args.ratios:
         for spec in args.methods:
-            # "method", or "method+allocation" / "method+allocation+compensation" (e.g. reap+global+fisher)
-            method, allocation, compensation = ([*spec.split("+"), None, None])[:3]
+            # "method", or "method+allocation" / "method+allocation+compensation" (e.g. reap+global+fisher);
+            # "auto:60" gives a search a time budget of 60 s
+            name, _, budget = spec.partition(":")
+            method, allocation, compensation = ([*name.split("+"), None, None])[:3]
             calibs = ["none"] if not METHODS.get(method).needs_calibration else args.calibrations
             if allocation or compensation or METHODS.get(method).fit is not None:
                 calibs = [c for c in calibs if c == "mixed"] or calibs[:1]
@@ -65,6 +69,7 @@ def run_fixture(name: str, args) -> str:
                     num_samples=args.num_samples,
                     seq_len=args.seq_len,
                     seed=args.seed,
+                    time_budget=float(budget) if budget else None,
                 )
                 start = time.perf_counter()
                 plan = hf_moe_prune.prune(model, config, tokenizer=tokenizer, progress=False)
@@ -77,9 +82,10 @@ def run_fixture(name: str, args) -> str:
                     options = "".join(f",{k}={v}" for k, v in chosen["method_kwargs"].items())
                     judged = sum("kl" in row for row in plan.search["candidates"])
                     cost = plan.search["seconds"] / max(plan.search["calibration_seconds"], 1e-9)
+                    comp = f"+{chosen['compensation']}" if chosen.get("compensation", "none") != "none" else ""
                     label = (
-                        f"{spec} → {chosen['method']}{options}+{chosen['allocation']} ({judged} judged, search "
-                        f"{cost:.1f}× calibration)"
+                        f"{spec} → {chosen['method']}{options}+{chosen['allocation']}{comp} ({judged} judged, "
+                        f"search {cost:.1f}× calibration)"
                     )
                 lines.append(
                     f"| {label} | {ratio} | {calib} | {cells} | {res.overall.perplexity:.2f} | "

@@ -237,7 +237,7 @@ class MoEPruneConfig(QuantizationConfigMixin):
                 f"pruned model (0 measures nothing); got {fraction!r}."
             )
         if not self.is_pruned_checkpoint:
-            check_search_request(self.method, self.allocation, self.unit, fraction, self.time_budget)
+            check_search_request(self)
         if self.streaming is not None and not isinstance(self.streaming, bool):
             raise ValueError(f"streaming must be True, False or None (automatic), got {self.streaming!r}.")
         if self.propagation not in ("dense", "pruned"):

@@ -88,29 +88,38 @@ class Compensator:
         check (`Callable`, *optional*): `check(block)` raising a `ValueError` before calibration when the block's
             layout is not supported.
         description (`str`): One line for the CLI help and error messages.
+        touches (`tuple[str]`): Attributes of the experts module whose kept-expert rows it changes (and nothing
+            else), e.g. `("down_proj",)`: `auto` can then judge it by saving those rows and putting them back. Empty
+            when unknown or wider (the compensation is not searched).
+        searches (`bool`): Not a compensation but a search among the others (`auto`), judged on held-out rows by the
+            pipeline (`hf_moe_prune.pipeline.auto`).
     """
 
     name: str
-    compensate: Callable
+    compensate: Callable | None
     changes_weights: bool = True
     needs_inputs: bool = False
     reads_dropped: bool = False
     units: tuple[str, ...] = ("expert",)
     check: Callable | None = None
     description: str = ""
+    touches: tuple[str, ...] = ()
+    searches: bool = False
 
     @property
     def streams(self) -> bool:
         """Works while streaming: the identity, or a compensation that needs neither block inputs nor dropped
-        experts."""
-        return not (self.needs_inputs or self.reads_dropped)
+        experts (a search judges whole-model candidates, which streaming cannot)."""
+        return not (self.needs_inputs or self.reads_dropped or self.searches)
 
     @property
     def distributed(self) -> bool:
         """Gives the same result under torch.distributed (input sampling has no exact sharded equivalent)."""
-        return not self.needs_inputs
+        return not (self.needs_inputs or self.searches)
 
     def __call__(self, block, kept, context=None):
+        if self.compensate is None:
+            raise ValueError(f"compensation {self.name!r} is a search: the pipeline resolves it before applying.")
         return self.compensate(block, kept, context)
 
 
@@ -182,10 +191,15 @@ def register_compensation(
     units: tuple[str, ...] | str = ("expert",),
     check: Callable | None = None,
     description: str = "",
+    touches: tuple[str, ...] = (),
+    searches: bool = False,
 ):
-    """Decorator registering `compensate(block, kept, context)` as compensation `name` (see `Compensator`)."""
+    """Decorator registering `compensate(block, kept, context)` as compensation `name` (see `Compensator`).
 
-    def decorator(fn: Callable) -> Callable:
+    A search (`searches=True`, `auto`) registers with `None` in place of a function.
+    """
+
+    def decorator(fn: Callable | None) -> Callable | None:
         COMPENSATIONS.add(
             name,
             Compensator(
@@ -197,6 +211,8 @@ def register_compensation(
                 _units(units),
                 check,
                 description or _first_line(fn),
+                tuple(touches),
+                searches,
             ),
         )
         return fn
@@ -259,22 +275,20 @@ def schedule_options(allocation: str, method_kwargs: dict[str, Any]) -> dict[str
     return options
 
 
-def check_search_request(method: str, allocation, unit: str, eval_fraction: float, time_budget) -> None:
-    """Before calibration: a searching method or allocation (`auto`) has held-out rows to judge candidates on, whole
-    experts to search, and a sensible time budget.
-
-    Raises:
-        `ValueError`: naming the request and the fix.
-    """
+def check_search_request(config) -> None:
+    """Before calibration: a searching method, allocation or compensation (`auto`) of `config` has held-out rows to
+    judge candidates on, whole experts to search, and a sensible time budget (else a `ValueError` naming the fix)."""
+    time_budget, eval_fraction, unit = config.time_budget, config.eval_fraction, config.unit
     if time_budget is not None and (
         isinstance(time_budget, bool) or not isinstance(time_budget, (int, float)) or not time_budget >= 0
     ):
         raise ValueError(f"time_budget must be a number of seconds >= 0 (or None), got {time_budget!r}.")
-    requested = (("method", method, METHODS), ("allocation", allocation, ALLOCATIONS))
     searching = [
-        f"{key}={value!r}"
-        for key, value, registry in requested
-        if isinstance(value, str) and value in registry and registry.get(value).searches
+        f"{key}={getattr(config, key)!r}"
+        for key, registry in (("method", METHODS), ("allocation", ALLOCATIONS), ("compensation", COMPENSATIONS))
+        if isinstance(getattr(config, key), str)
+        and getattr(config, key) in registry
+        and registry.get(getattr(config, key)).searches
     ]
     if searching and not eval_fraction:
         raise ValueError(

@@ -11,7 +11,7 @@ import hf_moe_prune
 from hf_moe_prune import MoEPruneConfig, PrunePlan
 from hf_moe_prune.methods import METHODS
 from hf_moe_prune.pipeline import prepare
-from hf_moe_prune.pipeline.auto import candidates
+from hf_moe_prune.pipeline.auto import candidates, compensations
 from hf_moe_prune.registries import ALLOCATIONS
 from hf_moe_prune.testing import fixture_path, mixed_texts
 
@@ -47,6 +47,7 @@ def test_auto_picks_the_candidate_with_the_lowest_held_out_kl(fixture):
             method=row["method"],
             allocation=row["allocation"],
             method_kwargs=row["method_kwargs"],
+            compensation=row["compensation"],
             ratio=0.5,
             calibration=rows,
         )
@@ -56,8 +57,11 @@ def test_auto_picks_the_candidate_with_the_lowest_held_out_kl(fixture):
     assert plan.search["chosen"] == best
     chosen = table[best]
     assert plan.method == chosen["method"] and plan.config["allocation"] == chosen["allocation"]
+    assert plan.config["compensation"] == chosen["compensation"]
     assert plan.quality["kl"] == pytest.approx(min(explicit), rel=1e-4, abs=1e-6)  # the applied plan is the winner
-    assert plan.search["requested"] == {"method": "auto", "allocation": "auto"}
+    assert plan.search["requested"] == {"method": "auto", "allocation": "auto", "compensation": "auto"}
+    compensated = [row for row in table if row["compensation"] != "none"]
+    assert {row["compensation"] for row in compensated} == {"fisher"} and len(compensated) == 2  # the 2 best plans
 
 
 def test_candidates_come_from_the_registries(fixture):
@@ -86,9 +90,16 @@ def test_candidates_come_from_the_registries(fixture):
 def test_time_budget_bounds_the_search(fixture):
     model, rows = fixture
     _, plan = _pruned(model, method="auto", ratio=0.5, calibration=rows, time_budget=0.0)
-    judged = [row for row in plan.search["candidates"] if "kl" in row]
-    assert len(judged) == 1 and plan.search["chosen"] == 0  # the first candidate is always judged
-    assert all(row.get("skipped") == "time budget spent" for row in plan.search["candidates"][1:])
+    table = plan.search["candidates"]
+    judged = [i for i, row in enumerate(table) if "kl" in row]
+    # the first candidate is always judged, and the first compensated one (the best masked plan, compensated)
+    assert table[judged[0]]["compensation"] == "none" and judged[0] == 0
+    assert len(judged) == 2 and table[judged[1]]["compensation"] == "fisher"
+    assert {k: table[judged[1]][k] for k in ("method", "allocation")} == {
+        k: table[0][k] for k in ("method", "allocation")
+    }
+    assert all(row.get("skipped") == "time budget spent" for i, row in enumerate(table) if i not in judged)
+    assert plan.search["chosen"] in judged
 
 
 def test_auto_needs_held_out_rows_and_says_so_before_calibration(fixture):
@@ -119,3 +130,39 @@ def test_streaming_refuses_auto_and_from_pretrained_falls_back(fixture):
         hf_moe_prune.stream_prune(fixture_path("qwen3_moe"), config)
     model = AutoModelForCausalLM.from_pretrained(fixture_path("qwen3_moe"), pruning_config=config)
     assert model.moe_pruning_plan.search is not None
+
+
+def test_compensation_auto_judges_fisher_and_puts_the_weights_back(fixture):
+    """The judged compensation runs on the unsliced model; its rows must be restored, or `apply` would compensate
+    twice (and a `none` winner would keep the compensated weights)."""
+    model, rows = fixture
+    job = prepare(model, MoEPruneConfig(method="reap", compensation="auto", ratio=0.5, calibration=rows, **SETTINGS))
+    assert compensations(job) == ["fisher"]  # merge cannot be undone, none is the masked plan itself
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned, plan = _pruned(model, method="reap", compensation="auto", ratio=0.5, calibration=rows)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the source copy is untouched
+    table = plan.search["candidates"]
+    assert [row["compensation"] for row in table] == ["none", "fisher"]
+    assert plan.search["requested"] == {"method": "reap", "allocation": "uniform", "compensation": "auto"}
+    chosen = table[plan.search["chosen"]]["compensation"]
+    assert plan.config["compensation"] == chosen
+    explicit, own = _pruned(model, method="reap", compensation=chosen, ratio=0.5, calibration=rows)
+    assert plan.quality["kl"] == pytest.approx(own.quality["kl"], rel=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(rows[:2]).logits, explicit(rows[:2]).logits)
+    fisher = next(row for row in table if row["compensation"] == "fisher")
+    _, with_fisher = _pruned(model, method="reap", compensation="fisher", ratio=0.5, calibration=rows)
+    assert fisher["kl"] == pytest.approx(with_fisher.quality["kl"], rel=1e-4, abs=1e-6)
+
+
+def test_compensation_auto_is_checked_before_calibration(fixture):
+    _, rows = fixture
+    with pytest.raises(ValueError, match="eval_fraction"):
+        MoEPruneConfig(method="reap", compensation="auto", ratio=0.5, calibration=rows, eval_fraction=0.0)
+    with pytest.raises(ValueError, match="compensation"):
+        MoEPruneConfig(method="tenp", compensation="auto", ratio=0.4, calibration=rows)
+    assert MoEPruneConfig(method="auto", ratio=0.5).compensation == "auto"
+    assert MoEPruneConfig(method="auto", ratio=0.5, compensation="none").compensation == "none"
+    config = MoEPruneConfig(method="reap", compensation="auto", ratio=0.25, calibration=rows, **SETTINGS)
+    with pytest.raises(hf_moe_prune.streaming.StreamingRefused, match="compensation 'auto'"):
+        hf_moe_prune.stream_prune(fixture_path("qwen3_moe"), config)

@@ -71,13 +71,23 @@ def test_every_compensation_keeps_all_as_identity_and_changes_weights_as_declare
     stats = hf_moe_prune.calibration.LayerStats(block.num_experts, ("count", "gate_sum"))
     stats.tensors["count"] += 1
     context = CompensationContext(stats=stats, inputs=hidden if compensator.needs_inputs else None)
+    config = MoEPruneConfig(method="reap", ratio=0.5, compensation=name, calibration=CALIBRATION)
+    if compensator.searches:  # `auto`: resolved by the pipeline, never applied itself
+        assert compensator.compensate is None and not compensator.streams
+        with pytest.raises(ValueError, match="search"):
+            compensator(block, [0, 2, 4, 6], context)
+        assert streaming_refusal(config, METHODS.get("reap"), find_blocks(model)) is not None
+        return
     before = {k: v.clone() for k, v in block.module.state_dict().items()}
     compensator(block, list(range(block.num_experts)), context)  # keep all: nothing to compensate
     assert all(torch.equal(before[k], v) for k, v in block.module.state_dict().items())
     compensator(block, [0, 2, 4, 6], context)
-    changed = any(not torch.equal(before[k], v) for k, v in block.module.state_dict().items())
-    assert changed == compensator.changes_weights, name
-    config = MoEPruneConfig(method="reap", ratio=0.5, compensation=name, calibration=CALIBRATION)
+    changed = {k for k, v in block.module.state_dict().items() if not torch.equal(before[k], v)}
+    assert bool(changed) == compensator.changes_weights, name
+    if compensator.touches:  # what `auto` saves and puts back: the kept rows of these tensors, nothing else
+        assert changed <= {f"experts.{t}" for t in compensator.touches}, changed
+        dropped = [1, 3, 5, 7, *range(8, block.num_experts)]
+        assert all(torch.equal(before[k][dropped], block.module.state_dict()[k][dropped]) for k in changed)
     refusal = streaming_refusal(config, METHODS.get("reap"), find_blocks(model))
     assert (refusal is None) == compensator.streams, refusal
 

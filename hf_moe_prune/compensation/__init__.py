@@ -8,13 +8,14 @@ A compensator is `compensate(block, kept, context)`, called on the still unprune
 - `merge`: fold each pruned expert into the kept expert whose router row is most similar (cosine), by usage-weighted
   averaging of the weights (usage = soft counts, i.e. the summed gates, else token counts, else equal).
 - `fisher`: COMPEL's Fisher-guided compensation (our reading, see `fisher_compensation`).
+- `auto`: a search: each compensation that can be undone, judged on the held-out rows (`hf_moe_prune.pipeline.auto`).
 
 One module per compensator, each registered in `hf_moe_prune.COMPENSATIONS` with a record of what it needs
 (`hf_moe_prune.registries.Compensator`).
 """
 
 from hf_moe_prune.calibration.recorders import BlockInputRecorder
-from hf_moe_prune.compensation import fisher, merge, none  # noqa: F401  (register)
+from hf_moe_prune.compensation import auto, fisher, merge, none  # noqa: F401  (register)
 from hf_moe_prune.compensation.base import CompensationContext, check_compensation, needs_inputs
 from hf_moe_prune.compensation.fisher import fisher_compensation, reconstruction_error
 from hf_moe_prune.compensation.merge import merge_compensation

@@ -57,7 +57,7 @@ def _check_fused(block) -> None:
         )
 
 
-@register_compensation("fisher", needs_inputs=True, check=_check_fused)
+@register_compensation("fisher", needs_inputs=True, check=_check_fused, touches=("down_proj",))
 @torch.no_grad()
 def fisher_compensation(block, kept, context=None) -> None:
     """COMPEL's Fisher-guided weight compensation, as we read it (the paper gives only the abstract).

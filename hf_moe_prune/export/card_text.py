@@ -63,7 +63,8 @@ def neuron_shares(plan) -> list[dict[str, Any]] | None:
 
 
 def search_line(search: Mapping[str, Any] | None) -> str | None:
-    """One line saying that `auto` chose the method and allocation, among how many candidates, and on what."""
+    """One line saying that `auto` chose the method, allocation (and compensation), among how many candidates, and on
+    what."""
     if not search:
         return None
     table = search.get("candidates") or []
@@ -72,7 +73,9 @@ def search_line(search: Mapping[str, Any] | None) -> str | None:
     requested = ", ".join(f"{k}={v!r}" for k, v in (search.get("requested") or {}).items())
     return (
         f"Chosen by `{requested}`: `{chosen.get('method')}` with `{chosen.get('allocation')}` allocation"
-        f"{' ' + str(chosen.get('method_kwargs')) if chosen.get('method_kwargs') else ''}, the lowest held-out KL "
+        f"{' ' + str(chosen.get('method_kwargs')) if chosen.get('method_kwargs') else ''}"
+        f"{' and `' + str(chosen['compensation']) + '` compensation' if chosen.get('compensation') else ''}, "
+        f"the lowest held-out KL "
         f"({chosen.get('kl')}) of {len(judged)} candidate plans judged on the held-out calibration rows "
         f"({len(table)} considered; the full table is `search` in `moe_pruning_plan.json`)."
     )

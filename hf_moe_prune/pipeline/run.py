@@ -51,6 +51,7 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
             why = (quality or {}).get("skipped", "measurement is off")
             raise ValueError(f"auto: no held-out rows to judge candidate plans on ({why}).")
         requires = auto.required_statistics(job)
+        wants_inputs = wants_inputs or any(COMPENSATIONS.get(c).needs_inputs for c in auto.compensations(job))
     recorder = None
     allocator = ALLOCATIONS.get(config.allocation) if isinstance(config.allocation, str) else None
     if job.rows is not None and (wants_inputs or (allocator is not None and allocator.needs_inputs)):
@@ -73,15 +74,19 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
         with torch.enable_grad():  # gradient methods work under a caller's torch.no_grad() / inference code too
             fitted = method.fit(model, job.blocks, job.rows, config, progress=progress)
     context: dict[str, Any] = {"config": config, "model": model, "rows": job.rows, "seed": config.seed}
-    result = None
-    if searching:
-        job, result = auto.search(model, job, stats, teacher, context, time.perf_counter() - start, progress)
-        context["config"] = job.config
     inputs = None
     if recorder is not None:
         inputs, context["input_norms"] = recorder.result()
         if not wants_inputs:
             inputs = None
+    result = None
+    if searching:
+        seconds = time.perf_counter() - start
+        job, result = auto.search(model, job, stats, teacher, context, seconds, progress, inputs, fitted)
+        context["config"] = job.config
+        config = job.config
+    if job.method.fit is None:
+        fitted = None  # the search chose another method than the one that fitted
     plan = decide(job, model.config, stats, fitted, context, time.perf_counter() - start)
     plan = broadcast_plan(plan)  # under torch.distributed: rank 0's decision on every rank, before it is applied
     before = sum(p.numel() for p in model.parameters())

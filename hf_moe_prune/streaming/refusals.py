@@ -97,7 +97,9 @@ def streaming_refusal(
         needs = "re-runs the model" if allocator.reads_model else "records block inputs"
         reasons.append(f"allocation {config.allocation!r} {needs}")
     compensator = COMPENSATIONS.get(config.compensation)
-    if not compensator.streams:
+    if compensator.searches:
+        reasons.append(f"compensation {config.compensation!r} judges candidate plans on the whole model")
+    elif not compensator.streams:
         # e.g. re-running whole blocks on their inputs, or folding the dropped experts, which streaming never reads
         needs = "re-runs each block on its inputs" if compensator.needs_inputs else "reads the dropped experts"
         reasons.append(f"compensation {config.compensation!r} {needs}, so it needs the whole block in memory")
