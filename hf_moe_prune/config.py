@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import numbers
 from typing import Any
 
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from hf_moe_prune.healing_options import healing_options
 from hf_moe_prune.registries import (
     ALLOCATIONS,
     COMPENSATIONS,
@@ -21,7 +23,7 @@ from hf_moe_prune.registries import (
     names_for,
     schedule_options,
 )
-from hf_moe_prune.registry import closest
+from hf_moe_prune.registry import refuse_unknown_keywords
 
 QUANT_METHOD = "moe_prune"
 
@@ -67,6 +69,11 @@ class MoEPruneConfig(QuantizationConfigMixin):
         time_budget (`float`, *optional*):
             Seconds the `method="auto"` / `allocation="auto"` search may spend judging candidate plans on the held-out
             rows (the first candidate is always judged). Defaults to 3 × the calibration pass.
+        healing (`int` or `dict`, *optional*):
+            After the experts are removed, distil the pruned model toward the unpruned one on the scoring rows (KL on
+            the next-token distribution; the held-out rows only decide when to stop): a number of steps, or a dict
+            of options (`steps`, `lr`, `batch_size`, `train`, `top_k`, `eval_every`, `patience`, `keep_best`, ...,
+            see `hf_moe_prune.healing_options.HEALING_DEFAULTS`). Off by default.
         seq_len (`int`, *optional*, defaults to 512): Tokens per calibration row.
         batch_size (`int`, *optional*, defaults to 8): Rows per forward pass.
         seed (`int`, *optional*, defaults to 0): Seed for row sampling and for the `random` method.
@@ -116,6 +123,7 @@ class MoEPruneConfig(QuantizationConfigMixin):
         propagation: str = "dense",
         eval_fraction: float = 0.1,
         time_budget: float | None = None,
+        healing: int | dict[str, Any] | None = None,
         **kwargs,
     ):
         self.quant_method = QUANT_METHOD
@@ -128,6 +136,7 @@ class MoEPruneConfig(QuantizationConfigMixin):
         self.num_samples = num_samples
         self.eval_fraction = eval_fraction
         self.time_budget = time_budget
+        self.healing = healing
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.seed = seed
@@ -149,7 +158,8 @@ class MoEPruneConfig(QuantizationConfigMixin):
         if kwargs and not self.is_pruned_checkpoint:
             # A misspelled option must not be accepted and ignored; only a saved checkpoint's config (a reload) may
             # carry keys written by a newer version of the library.
-            _refuse_unknown(kwargs)
+            valid = [name for name in inspect.signature(MoEPruneConfig.__init__).parameters if name != "self"]
+            refuse_unknown_keywords("MoEPruneConfig", kwargs, [name for name in valid if name != "kwargs"])
         for key, value in kwargs.items():
             setattr(self, key, value)
         self.post_init()
@@ -238,6 +248,7 @@ class MoEPruneConfig(QuantizationConfigMixin):
             )
         if not self.is_pruned_checkpoint:
             check_search_request(self)
+            self.healing = healing_options(self.healing)
         if self.streaming is not None and not isinstance(self.streaming, bool):
             raise ValueError(f"streaming must be True, False or None (automatic), got {self.streaming!r}.")
         if self.propagation not in ("dense", "pruned"):
@@ -284,16 +295,3 @@ class MoEPruneConfig(QuantizationConfigMixin):
         return isinstance(other, MoEPruneConfig) and self.to_dict() == other.to_dict()
 
     __hash__ = None  # mutable
-
-
-def _refuse_unknown(kwargs: dict[str, Any]) -> None:
-    import inspect
-
-    valid = [name for name in inspect.signature(MoEPruneConfig.__init__).parameters if name not in ("self", "kwargs")]
-    key = sorted(kwargs)[0]
-    close = closest(key, valid)
-    raise TypeError(
-        f"MoEPruneConfig got an unexpected keyword {key!r}"
-        + (f"; did you mean {close!r}?" if close else ".")
-        + f" Its options: {', '.join(valid)}."
-    )

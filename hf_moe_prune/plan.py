@@ -63,6 +63,10 @@ class PrunePlan:
 
     `search` is the table of a `method="auto"` / `allocation="auto"` search (`hf_moe_prune.pipeline.auto`): the
     request, every candidate with its held-out KL, the index of the chosen one, and the time it took; None otherwise.
+
+    `healing` records the distillation after pruning (`MoEPruneConfig.healing`, `hf_moe_prune.healing.heal`): steps
+    run, why it stopped, the options, training and held-out KL before and after; None when the model was not healed.
+    `quality` then measures the healed model.
     """
 
     method: str
@@ -79,6 +83,7 @@ class PrunePlan:
     neuron_schedule: dict[str, Any] | None = None
     quality: dict[str, Any] | None = None
     search: dict[str, Any] | None = None
+    healing: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -115,6 +120,7 @@ class PrunePlan:
             "kept_experts": {b.name: b.kept for b in self.blocks},
             **({"unit": self.unit, "expert_widths": self.expert_widths} if self.expert_widths else {}),
             **({"quality": dict(self.quality)} if self.quality else {}),
+            **({"healed_steps": self.healing.get("steps")} if self.healing else {}),
             "plan_file": PLAN_FILE,
             "format_version": FORMAT_VERSION,
             "library": "hf_moe_prune",

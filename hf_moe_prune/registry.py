@@ -15,6 +15,17 @@ def closest(name: Any, choices: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
+def refuse_unknown_keywords(owner: str, kwargs: dict[str, Any], valid: list[str]) -> None:
+    """Raise a `TypeError` naming the first unknown keyword in `kwargs`, the closest valid one, and all of them."""
+    key = sorted(kwargs)[0]
+    close = closest(key, valid)
+    raise TypeError(
+        f"{owner} got an unexpected keyword {key!r}"
+        + (f"; did you mean {close!r}?" if close else ".")
+        + f" Its options: {', '.join(valid)}."
+    )
+
+
 class Registry(Generic[T]):
     """Maps lower-case names to registered objects and words a helpful error for unknown names.
 

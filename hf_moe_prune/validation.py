@@ -34,7 +34,7 @@ MAX_DEPTH = 32  # nesting of the free-form fields (calibration, config, neuron_s
 
 _PLAN_REQUIRED = ("method", "model_type", "blocks")
 _BLOCK_REQUIRED = ("name", "layer_idx", "num_experts", "kept")
-_FREE_FORM = ("calibration", "config", "neuron_schedule", "search")
+_FREE_FORM = ("calibration", "config", "neuron_schedule", "search", "healing")
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 60
@@ -259,7 +259,7 @@ def check_plan_dict(data: Any, plan_fields: Iterable[str], block_fields: Iterabl
         raise ValueError(f"unit: expected 'expert' or 'neuron', got {_show(data['unit'])}")
     for key in _FREE_FORM:
         if key in data:
-            _check_type(data[key], Mapping, key, "an object", optional=key in ("neuron_schedule", "search"))
+            _check_type(data[key], Mapping, key, "an object", optional=key in ("neuron_schedule", "search", "healing"))
             _check_json(data[key], key)
     check_quality(data.get("quality"))
     for key in ("versions", "parameters"):

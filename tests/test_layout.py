@@ -21,12 +21,13 @@ ROOT = Path(hf_moe_prune.__file__).resolve().parent
 # Lowest first. A module may import modules of its own layer or of layers below it, never above. Within a layer the
 # imports must not form a cycle either.
 LAYERS = [
-    ("leaves", ["version", "registry", "registries", "config", "validation", "bundled", "_moved"]),
+    ("leaves", ["version", "registry", "registries", "healing_options", "config", "validation", "bundled", "_moved"]),
     ("adapters", ["adapters", "families", "plan"]),  # the plan asks the family whether a stock config can say it
     ("reshape", ["reshape"]),  # module surgery: observers need the neuron layout, allocations the router masks
     ("calibration", ["calibration"]),
     ("methods", ["methods"]),
     ("allocate/compensate", ["allocation", "compensation"]),
+    ("healing", ["healing"]),  # after the experts are removed; the pipeline passes it the measurement
     ("pipeline", ["pipeline"]),
     ("export", ["export"]),
     ("streaming", ["streaming"]),

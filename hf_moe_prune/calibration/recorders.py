@@ -41,3 +41,37 @@ class BlockInputRecorder:
         """`(inputs, input_norms)` per block name."""
         inputs = {n: torch.cat(v)[: self.max_tokens] for n, v in self.inputs.items()}
         return inputs, {n: v.sqrt() for n, v in self.squares.items()}
+
+
+class TeacherHook:
+    """Records the unpruned model's next-token targets (`TeacherRecords`: top-k log-probs, tokens × k memory) from
+    the calibration forwards it is attached to, for healing: the teacher costs no extra pass. The runner keeps the LM
+    head on (`needs_logits`) while it is attached."""
+
+    needs_logits = True
+
+    def __init__(self, model, top_k: int):
+        from hf_moe_prune.calibration.teacher import TeacherRecorder, shift_of
+
+        self.model = model
+        self.recorder = TeacherRecorder(top_k, shift_of(model))
+        self._handle = None
+
+    def _hook(self, module, args, kwargs, output):
+        from hf_moe_prune.calibration.teacher import logits_of
+
+        # the calibration rows (`model_inputs`): an encoder-decoder decoder reads them shifted right, same targets
+        rows = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        self.recorder.add(logits_of(self.model, getattr(output, "logits", None), rows), rows)
+
+    def attach(self) -> None:
+        self._handle = self.model.register_forward_hook(self._hook, with_kwargs=True)
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+        self._handle = None
+
+    def result(self):
+        """The `TeacherRecords` of every row seen, in order."""
+        return self.recorder.result()

@@ -87,7 +87,8 @@ def collect_stats(
     device = model_device(model)
     extra = {}
     params = inspect.signature(model.forward).parameters
-    if "logits_to_keep" in params:  # the LM head is not needed for expert statistics
+    if "logits_to_keep" in params and not any(getattr(r, "needs_logits", False) for r in recorders):
+        # the LM head is not needed for expert statistics (a teacher recorder for healing needs it)
         extra["logits_to_keep"] = 1
     if "use_cache" in params:
         extra["use_cache"] = False

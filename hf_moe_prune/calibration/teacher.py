@@ -125,6 +125,11 @@ class TeacherRecords:
         nll = -float(self.target_logprobs.double().mean())
         return math.exp(nll) if nll < 700 else math.inf
 
+    def select_rows(self, index: torch.Tensor) -> TeacherRecords:
+        """The records of the rows at `index` (e.g. a shuffled training batch)."""
+        columns = (self.rows, self.top_logprobs, self.top_indices, self.target_logprobs, self.argmax)
+        return TeacherRecords(*(column[index] for column in columns), self.shift, self.vocab_size)
+
     def select(self, start: int, end: int) -> TeacherRecords:
         """The records of rows `start:end` (e.g. one batch)."""
         pick = slice(start, end)

@@ -168,6 +168,14 @@ def _add_prune(sub) -> None:
         "--calibration", nargs="+", metavar="DATA", help=".txt/.jsonl files or folders, or a Hub dataset name"
     )
     _add_data(prune)
+    pruning.add_argument(
+        "--healing",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="after pruning, distil the pruned model toward the unpruned one on the calibration rows for up to STEPS "
+        "steps (early stopping on the held-out rows); 0: off (default)",
+    )
     evaluation = prune.add_argument_group("evaluation")
     evaluation.add_argument(
         "--eval-fraction",

@@ -87,6 +87,7 @@ def prune_config(args: argparse.Namespace):
         unit=args.unit,
         streaming=args.streaming,
         eval_fraction=args.eval_fraction,
+        healing=getattr(args, "healing", 0) or None,
         **budget,
     )
 
@@ -123,6 +124,8 @@ def run_prune(args: argparse.Namespace) -> dict[str, Any]:
         "parameters": plan.parameters,
         "prune_seconds": round(seconds, 2),
     }
+    if plan.healing:
+        report["healing"] = {k: v for k, v in plan.healing.items() if k != "history"}
     if plan.quality:  # measured on the calibration rows held out from scoring (or why not)
         report["held_out_quality"] = plan.quality
     if plan.unit == "neuron":  # share of each layer's routed-expert neurons kept

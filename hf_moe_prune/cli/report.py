@@ -34,6 +34,12 @@ def _print_prune(report: dict[str, Any]) -> None:
         print(f"  safetensors on disk: {disk['before'] / 1e6:.2f} MB -> {disk['after'] / 1e6:.2f} MB")
     if "hub" in report:
         print(f"  pushed: {report['hub']}")
+    if "healing" in report:
+        heal = report["healing"]
+        line = f"  healed: {heal['steps']} steps ({heal['stopped']}) in {heal['seconds']} s"
+        if heal.get("held_out_kl_before") is not None:
+            line += f"; held-out KL {heal['held_out_kl_before']:.4g} -> {heal['held_out_kl_after']:.4g}"
+        print(line)
     if "held_out_quality" in report:
         _held_out(report["held_out_quality"])
     if "quality" in report:

@@ -11,7 +11,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from hf_moe_prune.export.card_text import loading_note, neuron_shares, search_line, usage
+from hf_moe_prune.export.card_text import healing_text, loading_note, neuron_shares, search_line, usage
 from hf_moe_prune.methods import METHODS
 from hf_moe_prune.pipeline.measure import quality_markdown
 from hf_moe_prune.plan import PrunePlan
@@ -219,6 +219,7 @@ def render_model_card(
         quality=format_quality(quality),
         held_out=quality_markdown(plan.quality),
         search=search_line(plan.search),
+        healing=healing_text(plan.healing),
         citation=CITATIONS.get(arxiv.group(1)) if arxiv else None,
     )
 

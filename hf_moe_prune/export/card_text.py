@@ -79,3 +79,26 @@ def search_line(search: Mapping[str, Any] | None) -> str | None:
         f"({chosen.get('kl')}) of {len(judged)} candidate plans judged on the held-out calibration rows "
         f"({len(table)} considered; the full table is `search` in `moe_pruning_plan.json`)."
     )
+
+
+def healing_text(healing: Mapping[str, Any] | None) -> str | None:
+    """The card's "Healing" paragraph: that the pruned model was distilled toward the unpruned one, on what, for how
+    many steps, and what it changed on the held-out rows."""
+    if not healing:
+        return None
+    options = healing.get("options") or {}
+    text = (
+        f"After the experts were removed, the model was distilled toward the unpruned one for {healing.get('steps')} "
+        f"steps ({healing.get('stopped')}) on {healing.get('train_rows')} calibration rows: KL on the next-token "
+        f"distribution over the unpruned model's top-{options.get('top_k')} tokens plus the rest, training "
+        f"{', '.join(options.get('train') or [])} ({healing.get('trained_parameters')} parameters), AdamW at learning "
+        f"rate {options.get('lr')}."
+    )
+    if healing.get("held_out_kl_before") is not None:
+        text += (
+            f" On the held-out rows (never trained on) the KL went from {healing['held_out_kl_before']:.4g} to "
+            f"{healing['held_out_kl_after']:.4g} nats per token and the perplexity from "
+            f"{healing['held_out_ppl_before']:.3f} to {healing['held_out_ppl_after']:.3f}; the measurement below is "
+            "of the healed model."
+        )
+    return text + " A plan replayed with `apply_plan` does not repeat the healing (it needs the calibration run)."

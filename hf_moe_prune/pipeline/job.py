@@ -11,6 +11,7 @@ from hf_moe_prune.adapters import MoEBlock, find_blocks, get_adapter, text_confi
 from hf_moe_prune.allocation import check_budget, check_removes_experts, keep_counts
 from hf_moe_prune.allocation.neurons import check_schedule
 from hf_moe_prune.calibration import calibration_rows
+from hf_moe_prune.calibration.distributed import is_distributed
 from hf_moe_prune.compensation import check_compensation
 from hf_moe_prune.config import MoEPruneConfig
 from hf_moe_prune.methods import METHODS, ScoringMethod
@@ -97,8 +98,10 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
             f"method {method.name!r} learns from gradients, which torch.inference_mode() forbids: call prune outside "
             "that context (torch.no_grad() is fine), or use a forward-statistics method (reap, ean, frequency, ...)."
         )
+    if config.healing:
+        _check_healing(model, config)
     rows = eval_rows = skipped = None
-    if method.needs_calibration:
+    if method.needs_calibration or config.healing:  # healing distils on the calibration rows
         rows = _rows(model, config, tokenizer)
     elif config.eval_fraction and config.calibration is not None:
         # a method that reads no calibration data (random) is still measured, when data to measure it on is given
@@ -108,11 +111,31 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
             skipped = f"the calibration data could not be read ({error})"
     if rows is not None:
         rows, eval_rows, skipped = hold_out(rows, config.eval_fraction)
-        if not method.needs_calibration:
+        if not (method.needs_calibration or config.healing):
             rows = None  # tokenized for the held-out rows only
     elif config.eval_fraction and skipped is None:
         skipped = "no calibration data to hold rows out of"
     return PruneJob(config, blocks, method, rows, eval_rows, skipped)
+
+
+def _check_healing(model: torch.nn.Module, config: MoEPruneConfig) -> None:
+    """Healing trains the pruned model in place: refuse what it cannot do, before calibration."""
+    if torch.is_inference_mode_enabled():
+        raise ValueError(
+            "healing trains the pruned model, which torch.inference_mode() forbids: call prune outside it."
+        )
+    if config.calibration is None:
+        raise ValueError("healing distils on the calibration rows: give `calibration` data.")
+    if is_distributed():
+        raise NotImplementedError(
+            "healing under torch.distributed is not supported yet: run the prune in one process."
+        )
+    placements = set((getattr(model, "hf_device_map", None) or {}).values())
+    if placements & {"cpu", "disk"} and len(placements) > 1:
+        raise ValueError(
+            "healing trains weights in place, but this model is offloaded by accelerate (device_map places some of it "
+            f"on {sorted(str(p) for p in placements)}): load it on one device, or prune without healing."
+        )
 
 
 def _rows(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any) -> torch.Tensor:

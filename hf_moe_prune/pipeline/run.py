@@ -10,8 +10,9 @@ import torch
 
 from hf_moe_prune.calibration import LayerStats, collect_stats
 from hf_moe_prune.calibration.distributed import broadcast_plan
-from hf_moe_prune.calibration.recorders import BlockInputRecorder
+from hf_moe_prune.calibration.recorders import BlockInputRecorder, TeacherHook
 from hf_moe_prune.calibration.teacher import NotALanguageModel, record_teacher
+from hf_moe_prune.healing import heal
 from hf_moe_prune.pipeline import auto
 from hf_moe_prune.pipeline.apply import apply
 from hf_moe_prune.pipeline.decide import decide, statistics_needed
@@ -56,6 +57,8 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
     allocator = ALLOCATIONS.get(config.allocation) if isinstance(config.allocation, str) else None
     if job.rows is not None and (wants_inputs or (allocator is not None and allocator.needs_inputs)):
         recorder = BlockInputRecorder(job.blocks, len(job.rows), config.batch_size, seed=config.seed)
+    # healing's teacher: the unpruned model's top-k targets on the scoring rows, read off the calibration forwards
+    teacher_hook = TeacherHook(model, config.healing["top_k"]) if config.healing and job.rows is not None else None
     if job.rows is not None:
         stats = collect_stats(
             model,
@@ -64,7 +67,7 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
             job.rows,
             config.batch_size,
             progress=progress,
-            recorders=(recorder,) if recorder is not None else (),
+            recorders=tuple(r for r in (recorder, teacher_hook) if r is not None),
         )
         _warn_unseen(job.blocks, stats)
     else:
@@ -92,6 +95,17 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
     before = sum(p.numel() for p in model.parameters())
     apply(model, plan, stats=stats, compensation=config.compensation, inputs=inputs)
     plan.parameters = {"before": before, "after": sum(p.numel() for p in model.parameters())}
+    if teacher_hook is not None:
+        plan.healing = heal(
+            model,
+            teacher_hook.result(),
+            config.healing,
+            held_out=teacher,
+            measure=measure,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            progress=progress,
+        )
     if teacher is not None:
         quality = {**measure(model, teacher, config.batch_size, progress), **FULL_LOAD}
     auto.record(plan, result)

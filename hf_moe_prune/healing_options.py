@@ -1,0 +1,73 @@
+"""The `healing` option of `MoEPruneConfig`, checked before calibration (a leaf: the config imports it).
+
+`healing=200` or `healing={"steps": 200, "lr": 3e-4, ...}`; see `HEALING_DEFAULTS` and `hf_moe_prune.healing`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+from typing import Any
+
+# What trains: the routed experts that remain, the routers, the shared experts, or every parameter.
+TRAINABLE = ("experts", "routers", "shared", "all")
+
+HEALING_DEFAULTS: dict[str, Any] = {
+    "steps": 0,  # optimizer steps (0: off)
+    "lr": 3e-4,  # AdamW learning rate (constant after a linear warm-up of `warmup` steps)
+    "warmup": 10,
+    "batch_size": None,  # rows per step (None: the config's `batch_size`)
+    "train": ("experts", "routers", "shared"),
+    "top_k": 32,  # teacher log-probs kept per token (memory tokens × k, not × vocabulary)
+    "eval_every": 25,  # steps between held-out measurements (early stopping)
+    "patience": 2,  # held-out measurements without improvement before stopping (0: never stop early)
+    "keep_best": False,  # keep a CPU copy of the trained weights at the best held-out KL and end on it
+    "max_grad_norm": 1.0,
+    "weight_decay": 0.0,
+}
+
+
+def healing_options(value: Any) -> dict[str, Any] | None:
+    """Normalise `MoEPruneConfig(healing=...)`: None/0/False is off (None); an int is a number of steps; a dict
+    overrides `HEALING_DEFAULTS`.
+
+    Raises:
+        `ValueError` / `TypeError`: an unknown key (with the closest name) or a value out of range.
+    """
+    if (
+        value is None
+        or value is False
+        or (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value == 0)
+    ):
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = {"steps": int(value)}
+    if not isinstance(value, dict):
+        raise TypeError(f"healing must be a number of steps or a dict of options, got {value!r}.")
+    unknown = [k for k in value if k not in HEALING_DEFAULTS]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), list(HEALING_DEFAULTS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"healing: unknown option {unknown[0]!r}; options are {list(HEALING_DEFAULTS)}.{hint}")
+    options = {**HEALING_DEFAULTS, **value}
+    for key in ("steps", "warmup", "eval_every", "patience", "top_k"):
+        low = 1 if key in ("eval_every", "top_k") else 0
+        if isinstance(options[key], bool) or not isinstance(options[key], numbers.Integral) or options[key] < low:
+            raise ValueError(f"healing.{key} must be an integer >= {low}, got {options[key]!r}.")
+        options[key] = int(options[key])
+    for key in ("lr", "max_grad_norm", "weight_decay"):
+        number = options[key]
+        if isinstance(number, bool) or not isinstance(number, numbers.Real) or not number >= 0:
+            raise ValueError(f"healing.{key} must be a number >= 0, got {number!r}.")
+        options[key] = float(number)
+    if options["lr"] <= 0:
+        raise ValueError(f"healing.lr must be > 0, got {options['lr']!r}.")
+    size = options["batch_size"]
+    if size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1):
+        raise ValueError(f"healing.batch_size must be a positive integer or None, got {size!r}.")
+    train = (options["train"],) if isinstance(options["train"], str) else tuple(options["train"])
+    if not train or any(t not in TRAINABLE for t in train):
+        raise ValueError(f"healing.train must name some of {list(TRAINABLE)}, got {options['train']!r}.")
+    options["train"] = list(train)
+    options["keep_best"] = bool(options["keep_best"])
+    return options if options["steps"] > 0 else None
