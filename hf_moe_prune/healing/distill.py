@@ -60,6 +60,7 @@ def heal(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = True,
+    callback: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """Distil `model` (pruned, in place) toward `teacher` on the teacher's rows.
 
@@ -74,6 +75,8 @@ def heal(
         batch_size (`int`, *optional*, defaults to 8): Rows per step when `options["batch_size"]` is None.
         seed (`int`, *optional*, defaults to 0): Seed of the batch order.
         progress (`bool`, *optional*, defaults to `True`): Show a progress bar.
+        callback (`Callable`, *optional*): `callback(step, model)` after every held-out measurement (e.g. to
+            evaluate on other text; `benchmarks/healing.py`).
 
     Returns:
         `dict`: the record for `PrunePlan.healing` (steps run, why it stopped, the options, train and held-out KL
@@ -130,6 +133,8 @@ def heal(
                 quality = held_out_kl()
                 recent = losses[-options["eval_every"] :]
                 history.append({"step": step + 1, "train_kl": sum(recent) / len(recent), "held_out_kl": quality["kl"]})
+                if callback is not None:
+                    callback(step + 1, model)
                 if quality["kl"] is not None and (best is None or quality["kl"] < best):
                     best, since = quality["kl"], 0
                     if options["keep_best"]:
