@@ -153,7 +153,7 @@ def main() -> None:
     ]
     for fixture in args.fixtures:
         for ratio in args.ratios:
-            runs = {}
+            runs, start = {}, len(lines)
             for heal_on in ("0", "1"):
                 command = [sys.executable, __file__, "--child", fixture, str(ratio), heal_on, *common]
                 done = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -178,7 +178,7 @@ def main() -> None:
                 lines.append(
                     f"| {fixture} | {ratio} | | default early stopping: step {run['default_stop']} | | | | | | | |"
                 )
-            print(f"{fixture} {ratio} done", flush=True)
+            print("\n".join(lines[start:]), flush=True)
     body = "\n".join(lines)
     print(body)
     if args.write:
