@@ -177,3 +177,12 @@ def test_low_precision_weights_train_with_float32_state():
     params = trainable_parameters(student, options["train"])
     optimizer = MasterAdamW(params, 1e-3, 0.0)
     assert all(m.dtype == torch.float32 and m is not p for m, p in zip(optimizer.masters, params, strict=True))
+
+
+def test_healing_without_held_out_rows_trains_every_row_and_says_so(fixture, tmp_path):
+    model, rows = fixture
+    healed, plan = _pruned(model, method="reap", ratio=0.5, calibration=rows, eval_fraction=0, healing=4)
+    assert plan.quality is None and plan.healing["steps"] == 4 and plan.healing["train_rows"] == len(rows)
+    assert "held_out_kl_before" not in plan.healing and plan.healing["stopped"] == "steps"
+    healed.save_pretrained(tmp_path / "out")
+    assert "## Healing" in (tmp_path / "out" / "README.md").read_text()
