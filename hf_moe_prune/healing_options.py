@@ -5,9 +5,10 @@
 
 from __future__ import annotations
 
-import difflib
 import numbers
 from typing import Any
+
+from hf_moe_prune.registry import closest
 
 # What trains: the routed experts that remain, the routers, the shared experts, or every parameter.
 TRAINABLE = ("experts", "routers", "shared", "all")
@@ -46,8 +47,8 @@ def healing_options(value: Any) -> dict[str, Any] | None:
         raise TypeError(f"healing must be a number of steps or a dict of options, got {value!r}.")
     unknown = [k for k in value if k not in HEALING_DEFAULTS]
     if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), list(HEALING_DEFAULTS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        close = closest(unknown[0], HEALING_DEFAULTS)
+        hint = f" Did you mean {close!r}?" if close else ""
         raise ValueError(f"healing: unknown option {unknown[0]!r}; options are {list(HEALING_DEFAULTS)}.{hint}")
     options = {**HEALING_DEFAULTS, **value}
     for key in ("steps", "warmup", "eval_every", "patience", "top_k"):

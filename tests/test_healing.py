@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 import hf_moe_prune
 from hf_moe_prune import MoEPruneConfig, PrunePlan, find_blocks
@@ -14,32 +14,16 @@ from hf_moe_prune.calibration.teacher import record_teacher
 from hf_moe_prune.healing import MasterAdamW, distillation_loss, heal, trainable_parameters
 from hf_moe_prune.pipeline import prepare
 from hf_moe_prune.pipeline.measure import measure
-from hf_moe_prune.testing import fixture_path, mixed_texts, tiny_model
+from hf_moe_prune.testing import fixture_path, tiny_model
 
-SETTINGS = {"num_samples": 12, "seq_len": 64, "batch_size": 4, "eval_fraction": 0.25}
-
-
-@pytest.fixture(scope="module")
-def fixture():
-    path = fixture_path("qwen3_moe")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    rows = tokenizer("\n\n".join(mixed_texts()[:40]), return_tensors="pt").input_ids[0]
-    rows = rows[: SETTINGS["num_samples"] * SETTINGS["seq_len"]].view(SETTINGS["num_samples"], -1)
-    return model, rows
+from .conftest import HELD_OUT, pruned_copy
 
 
-def _pruned(model, **kwargs):
-    pruned = copy.deepcopy(model)
-    plan = hf_moe_prune.prune(pruned, MoEPruneConfig(**{**SETTINGS, **kwargs}), progress=False)
-    return pruned, plan
-
-
-def test_the_calibration_pass_records_the_unpruned_models_top_k(fixture):
+def test_the_calibration_pass_records_the_unpruned_models_top_k(held_out_fixture):
     """The teacher costs no extra pass: its targets are read off the calibration forwards, and equal the model's own
     log-probs at the recorded ids."""
-    model, rows = fixture
-    job = prepare(model, MoEPruneConfig("reap", 0.5, calibration=rows, healing=5, **SETTINGS))
+    model, rows = held_out_fixture
+    job = prepare(model, MoEPruneConfig("reap", 0.5, calibration=rows, healing=5, **HELD_OUT))
     hook = TeacherHook(model, top_k=16)
     collect_stats(model, job.blocks, frozenset({"count"}), job.rows, 4, progress=False, recorders=(hook,))
     recorded = hook.result()
@@ -51,27 +35,27 @@ def test_the_calibration_pass_records_the_unpruned_models_top_k(fixture):
     torch.testing.assert_close(recorded.top_logprobs[:2], log_probs.gather(-1, recorded.top_indices[:2]))
 
 
-def test_the_loss_is_the_measured_kl(fixture):
-    model, rows = fixture
+def test_the_loss_is_the_measured_kl(held_out_fixture):
+    model, rows = held_out_fixture
     teacher = record_teacher(model, rows[:4], batch_size=4)
-    student, _ = _pruned(model, method="reap", ratio=0.5, calibration=rows, eval_fraction=0)
+    student, _ = pruned_copy(model, method="reap", ratio=0.5, calibration=rows, eval_fraction=0)
     with torch.no_grad():
         loss = distillation_loss(teacher, student(rows[:4]).logits[:, :-1])
     assert float(loss) == pytest.approx(measure(student, teacher, batch_size=4)["kl"], rel=1e-4)
 
 
 @pytest.mark.parametrize("off", [0, None, {"steps": 0}])
-def test_zero_steps_is_the_identity(fixture, off):
-    model, rows = fixture
-    plain, plain_plan = _pruned(model, method="reap", ratio=0.5, calibration=rows)
-    healed, plan = _pruned(model, method="reap", ratio=0.5, calibration=rows, healing=off)
+def test_zero_steps_is_the_identity(held_out_fixture, off):
+    model, rows = held_out_fixture
+    plain, plain_plan = pruned_copy(model, method="reap", ratio=0.5, calibration=rows)
+    healed, plan = pruned_copy(model, method="reap", ratio=0.5, calibration=rows, healing=off)
     assert plan.healing is None and plan.quality == plain_plan.quality
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), healed.state_dict().values()))
 
 
-def test_healing_lowers_the_kl_and_never_trains_on_held_out_rows(fixture):
-    model, rows = fixture
-    config = MoEPruneConfig("reap", 0.5, calibration=rows, healing={"steps": 12, "eval_every": 4}, **SETTINGS)
+def test_healing_lowers_the_kl_and_never_trains_on_held_out_rows(held_out_fixture):
+    model, rows = held_out_fixture
+    config = MoEPruneConfig("reap", 0.5, calibration=rows, healing={"steps": 12, "eval_every": 4}, **HELD_OUT)
     held_out = {tuple(row.tolist()) for row in prepare(model, config).eval_rows}
     trained = []
 
@@ -95,28 +79,28 @@ def test_healing_lowers_the_kl_and_never_trains_on_held_out_rows(fixture):
     assert plan.quality["kl"] == pytest.approx(healing["held_out_kl_after"])  # the plan measures the healed model
 
 
-def test_keep_best_ends_on_the_best_weights(fixture):
+def test_keep_best_ends_on_the_best_weights(held_out_fixture):
     """A learning rate far too high makes the model worse: with `keep_best` it ends on the unhealed weights."""
-    model, rows = fixture
-    plain, _ = _pruned(model, method="reap", ratio=0.5, calibration=rows)
+    model, rows = held_out_fixture
+    plain, _ = pruned_copy(model, method="reap", ratio=0.5, calibration=rows)
     options = {"steps": 4, "eval_every": 2, "lr": 1.0, "warmup": 0, "patience": 0, "keep_best": True}
-    healed, plan = _pruned(model, method="reap", ratio=0.5, calibration=rows, healing=options)
+    healed, plan = pruned_copy(model, method="reap", ratio=0.5, calibration=rows, healing=options)
     assert plan.healing["history"][-1]["held_out_kl"] > plan.healing["held_out_kl_before"]
     assert plan.healing["held_out_kl_after"] == pytest.approx(plan.healing["held_out_kl_before"])
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), healed.state_dict().values()))
 
 
-def test_early_stopping_on_the_held_out_kl(fixture):
-    model, rows = fixture
+def test_early_stopping_on_the_held_out_kl(held_out_fixture):
+    model, rows = held_out_fixture
     options = {"steps": 40, "eval_every": 1, "lr": 1.0, "warmup": 0, "patience": 2}
-    _, plan = _pruned(model, method="reap", ratio=0.5, calibration=rows, healing=options)
+    _, plan = pruned_copy(model, method="reap", ratio=0.5, calibration=rows, healing=options)
     assert plan.healing["steps"] < 40 and plan.healing["stopped"].startswith("early stopping")
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "global"])
-def test_a_healed_checkpoint_reloads_exactly(fixture, tmp_path, allocation):
-    model, rows = fixture
-    healed, plan = _pruned(model, method="reap", ratio=0.5, allocation=allocation, calibration=rows, healing=6)
+def test_a_healed_checkpoint_reloads_exactly(held_out_fixture, tmp_path, allocation):
+    model, rows = held_out_fixture
+    healed, plan = pruned_copy(model, method="reap", ratio=0.5, allocation=allocation, calibration=rows, healing=6)
     assert plan.healing["steps"] == 6
     healed.save_pretrained(tmp_path / "out")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
@@ -128,17 +112,17 @@ def test_a_healed_checkpoint_reloads_exactly(fixture, tmp_path, allocation):
     assert "## Healing" in card and "6 steps" in card
 
 
-def test_from_pretrained_heals_after_a_full_load(fixture):
-    _, rows = fixture
-    config = MoEPruneConfig("reap", 0.5, calibration=rows, healing=3, **SETTINGS)
+def test_from_pretrained_heals_after_a_full_load(held_out_fixture):
+    _, rows = held_out_fixture
+    config = MoEPruneConfig("reap", 0.5, calibration=rows, healing=3, **HELD_OUT)
     with pytest.raises(hf_moe_prune.streaming.StreamingRefused, match="healing"):
         hf_moe_prune.stream_prune(fixture_path("qwen3_moe"), config)
     model = AutoModelForCausalLM.from_pretrained(fixture_path("qwen3_moe"), pruning_config=config)
     assert model.moe_pruning_plan.healing["steps"] == 3
 
 
-def test_options_are_checked_before_calibration(fixture):
-    _, rows = fixture
+def test_options_are_checked_before_calibration(held_out_fixture):
+    _, rows = held_out_fixture
     with pytest.raises(ValueError, match="did you mean 'steps'|Did you mean 'steps'"):
         MoEPruneConfig("reap", 0.5, calibration=rows, healing={"step": 3})
     with pytest.raises(ValueError, match="lr"):
@@ -153,8 +137,8 @@ def test_options_are_checked_before_calibration(fixture):
     assert MoEPruneConfig("reap", 0.5, healing=7).healing["steps"] == 7
 
 
-def test_what_trains(fixture):
-    model, _ = fixture
+def test_what_trains(held_out_fixture):
+    model, _ = held_out_fixture
     blocks = find_blocks(model)
     experts = trainable_parameters(model, ["experts"])
     assert {id(p) for p in experts} == {id(p) for b in blocks for m in b.expert_modules for p in m.parameters()}
@@ -179,9 +163,9 @@ def test_low_precision_weights_train_with_float32_state():
     assert all(m.dtype == torch.float32 and m is not p for m, p in zip(optimizer.masters, params, strict=True))
 
 
-def test_healing_without_held_out_rows_trains_every_row_and_says_so(fixture, tmp_path):
-    model, rows = fixture
-    healed, plan = _pruned(model, method="reap", ratio=0.5, calibration=rows, eval_fraction=0, healing=4)
+def test_healing_without_held_out_rows_trains_every_row_and_says_so(held_out_fixture, tmp_path):
+    model, rows = held_out_fixture
+    healed, plan = pruned_copy(model, method="reap", ratio=0.5, calibration=rows, eval_fraction=0, healing=4)
     assert plan.quality is None and plan.healing["steps"] == 4 and plan.healing["train_rows"] == len(rows)
     assert "held_out_kl_before" not in plan.healing and plan.healing["stopped"] == "steps"
     healed.save_pretrained(tmp_path / "out")

@@ -158,7 +158,7 @@ def heal(
     record: dict[str, Any] = {
         "steps": steps_run,
         "stopped": stopped,
-        "options": {k: v for k, v in options.items()},
+        "options": dict(options),
         "train_rows": len(teacher.rows),
         "trained_parameters": sum(p.numel() for p in params),
         "train_kl_first": losses[0] if losses else None,

@@ -36,9 +36,9 @@ import torch
 from hf_moe_prune.calibration import LayerStats
 from hf_moe_prune.calibration.teacher import TeacherRecords
 from hf_moe_prune.calibration.vocabulary import NEURON_STATISTICS
-from hf_moe_prune.compensation import CompensationContext
 from hf_moe_prune.config import MoEPruneConfig
 from hf_moe_prune.methods import METHODS
+from hf_moe_prune.pipeline.apply import compensate_block
 from hf_moe_prune.pipeline.decide import decide
 from hf_moe_prune.pipeline.job import PruneJob
 from hf_moe_prune.pipeline.measure import measure
@@ -151,14 +151,11 @@ def _compensated(model, job: PruneJob, kept, compensation: str, stats, inputs, t
     saved = []
     try:
         for block in job.blocks:
-            if block.fixed_routing and len(kept[block.name]) == block.num_experts:
-                continue  # as in `apply`: a hash-routed block keeps every expert and is not re-run alone
             index = torch.as_tensor(kept[block.name], dtype=torch.long)
             for name in record.touches:
                 tensor = getattr(block.experts, name)
                 saved.append((tensor, index, tensor.detach()[index.to(tensor.device)].clone()))
-            context = CompensationContext(stats=stats.get(block.name), inputs=(inputs or {}).get(block.name))
-            record(block, kept[block.name], context)
+            compensate_block(block, kept[block.name], compensation, stats, inputs)
         with mask_experts(job.blocks, kept):
             return measure(model, teacher, job.config.batch_size, progress=progress)
     finally:
