@@ -14,6 +14,7 @@ from hf_moe_prune.integration import MoEPruneHfQuantizer, register
 from hf_moe_prune.methods import METHODS, register_method
 from hf_moe_prune.plan import BlockPlan, PrunePlan
 from hf_moe_prune.registries import ALLOCATIONS, COMPENSATIONS, register_allocation, register_compensation
+from hf_moe_prune.statistics import Statistics, calibrate, combine_statistics, load_statistics
 from hf_moe_prune.streaming import stream_prune
 from hf_moe_prune.version import __version__  # noqa: E402,F401
 
@@ -30,9 +31,13 @@ __all__ = [
     "MoEPruneConfig",
     "MoEPruneHfQuantizer",
     "PrunePlan",
+    "Statistics",
     "__version__",
     "apply_plan",
+    "calibrate",
+    "combine_statistics",
     "find_blocks",
+    "load_statistics",
     "prune",
     "push_to_hub",
     "register_allocation",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 import inspect
-import numbers
 from typing import Any
 
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from hf_moe_prune.config_checks import check_budget_fields
 from hf_moe_prune.healing_options import healing_options
 from hf_moe_prune.registries import (
     ALLOCATIONS,
@@ -21,14 +21,14 @@ from hf_moe_prune.registries import (
     UNITS,
     check_search_request,
     names_for,
-    schedule_options,
 )
 from hf_moe_prune.registry import refuse_unknown_keywords
+from hf_moe_prune.statistics_options import check_statistics_option, describe_statistics
 
 QUANT_METHOD = "moe_prune"
 
 # Runtime-only fields: data and objects that must not be deep-copied by from_pretrained nor written to config.json.
-_RUNTIME_FIELDS = ("calibration", "tokenizer")
+_RUNTIME_FIELDS = ("calibration", "tokenizer", "statistics")
 
 
 class MoEPruneConfig(QuantizationConfigMixin):
@@ -74,6 +74,13 @@ class MoEPruneConfig(QuantizationConfigMixin):
             the next-token distribution; the held-out rows only decide when to stop): a number of steps, or a dict
             of options (`steps`, `lr`, `batch_size`, `train`, `top_k`, `eval_every`, `patience`, `keep_best`, ...,
             see `hf_moe_prune.healing_options.HEALING_DEFAULTS`). Off by default.
+        statistics (*optional*):
+            Decide from statistics gathered earlier instead of calibrating: a folder written by `stats.save(path)` /
+            `hf-moe-prune calibrate`, the object `hf_moe_prune.calibrate` returned, or a dict `{name: folder}` of
+            several calibration sets combined with `statistics_weights` (see `hf_moe_prune.statistics`). Methods that
+            need more than sums (gradients, searches) say so and calibrate.
+        statistics_weights (`dict[str, float]`, *optional*): Weight of each set in a `statistics` dict (equal when
+            not given; each set's share of the tokens reproduces calibrating on the concatenated data).
         seq_len (`int`, *optional*, defaults to 512): Tokens per calibration row.
         batch_size (`int`, *optional*, defaults to 8): Rows per forward pass.
         seed (`int`, *optional*, defaults to 0): Seed for row sampling and for the `random` method.
@@ -124,6 +131,8 @@ class MoEPruneConfig(QuantizationConfigMixin):
         eval_fraction: float = 0.1,
         time_budget: float | None = None,
         healing: int | dict[str, Any] | None = None,
+        statistics: Any = None,
+        statistics_weights: dict[str, float] | None = None,
         **kwargs,
     ):
         self.quant_method = QUANT_METHOD
@@ -137,6 +146,8 @@ class MoEPruneConfig(QuantizationConfigMixin):
         self.eval_fraction = eval_fraction
         self.time_budget = time_budget
         self.healing = healing
+        self.statistics = statistics
+        self.statistics_weights = statistics_weights
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.seed = seed
@@ -212,43 +223,11 @@ class MoEPruneConfig(QuantizationConfigMixin):
                     f"allocation={self.allocation!r} {decides}: use it with unit={units[0]!r}, or with "
                     f"unit={self.unit!r} one of {names_for(ALLOCATIONS, self.unit)}."
                 )
-        if self.unit == "neuron":
-            self._check_neuron_unit()
-        if explicit:
-            counts = self.allocation.values() if isinstance(self.allocation, dict) else self.allocation
-            if not all(isinstance(c, numbers.Integral) and c >= 1 for c in counts):
-                raise ValueError(f"allocation counts must be positive integers, got {self.allocation!r}.")
-        if self.ratio is not None:
-            if isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real) or not 0 < self.ratio < 1:
-                raise ValueError(
-                    f"ratio must be a number in (0, 1): the fraction of routed experts to remove; got {self.ratio!r}. "
-                    "For example ratio=0.5 removes half of the experts."
-                )
-        if self.num_experts_to_keep is not None and (
-            not isinstance(self.num_experts_to_keep, numbers.Integral) or self.num_experts_to_keep < 1
-        ):
-            raise ValueError(f"num_experts_to_keep must be a positive integer, got {self.num_experts_to_keep!r}.")
-        budgets = sum([self.ratio is not None, self.num_experts_to_keep is not None, explicit])
-        if budgets > 1:
-            raise ValueError("Give only one of `ratio`, `num_experts_to_keep` or per-layer counts in `allocation`.")
-        if budgets == 0 and not self.is_pruned_checkpoint:
-            raise ValueError(
-                "Say how much to prune: `ratio=0.5` (fraction of experts removed), `num_experts_to_keep=N`, or "
-                "per-layer counts in `allocation`."
-            )
-        for name in ("num_samples", "seq_len", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        fraction = self.eval_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 <= fraction < 1:
-            raise ValueError(
-                f"eval_fraction must be a number in [0, 1): the share of calibration rows held out to measure the "
-                f"pruned model (0 measures nothing); got {fraction!r}."
-            )
+        check_budget_fields(self, explicit)
         if not self.is_pruned_checkpoint:
             check_search_request(self)
             self.healing = healing_options(self.healing)
+            check_statistics_option(self.statistics, self.statistics_weights)
         if self.streaming is not None and not isinstance(self.streaming, bool):
             raise ValueError(f"streaming must be True, False or None (automatic), got {self.streaming!r}.")
         if self.propagation not in ("dense", "pruned"):
@@ -265,16 +244,11 @@ class MoEPruneConfig(QuantizationConfigMixin):
                     )
             method.check_options(self.method_kwargs, SCHEDULE_KEYS if self.unit == "neuron" else ())
 
-    def _check_neuron_unit(self) -> None:
-        if self.num_experts_to_keep is not None or not isinstance(self.allocation, str):
-            raise ValueError(
-                "unit='neuron' prunes a fraction of the routed-expert parameters: give `ratio`, not expert counts."
-            )
-        schedule_options(self.allocation, self.method_kwargs)  # checks the schedule options
-
     def to_dict(self) -> dict[str, Any]:
         """Serializable fields (calibration data and tokenizer are runtime-only and left out)."""
         out = {k: copy.deepcopy(v) for k, v in self.__dict__.items() if k not in _RUNTIME_FIELDS}
+        if getattr(self, "statistics", None) is not None:
+            out["statistics"] = describe_statistics(self.statistics)
         if isinstance(out.get("allocation"), dict):  # JSON keys are strings; keep them readable back as ints
             out["allocation"] = {str(k): v for k, v in out["allocation"].items()}
         return out

@@ -21,7 +21,21 @@ ROOT = Path(hf_moe_prune.__file__).resolve().parent
 # Lowest first. A module may import modules of its own layer or of layers below it, never above. Within a layer the
 # imports must not form a cycle either.
 LAYERS = [
-    ("leaves", ["version", "registry", "registries", "healing_options", "config", "validation", "bundled", "_moved"]),
+    (
+        "leaves",
+        [
+            "version",
+            "registry",
+            "registries",
+            "healing_options",
+            "statistics_options",
+            "config_checks",
+            "config",
+            "validation",
+            "bundled",
+            "_moved",
+        ],
+    ),
     ("adapters", ["adapters", "families", "plan"]),  # the plan asks the family whether a stock config can say it
     ("reshape", ["reshape"]),  # module surgery: observers need the neuron layout, allocations the router masks
     ("calibration", ["calibration"]),
@@ -31,7 +45,7 @@ LAYERS = [
     ("pipeline", ["pipeline"]),
     ("export", ["export"]),
     ("streaming", ["streaming"]),
-    ("api", ["api"]),  # the public verbs: pipeline + export
+    ("api", ["api", "statistics"]),  # the public verbs: pipeline + export
     ("integration", ["integration"]),
     ("cli", ["cli", "__main__"]),
     ("package", ["__init__", "testing"]),

@@ -4,15 +4,18 @@ verbs that also make the model save itself with its plan are in `hf_moe_prune.ap
 
 from hf_moe_prune.pipeline.apply import apply
 from hf_moe_prune.pipeline.decide import decide, statistics_needed
-from hf_moe_prune.pipeline.job import PruneJob, as_config, default_tokenizer, prepare, tokenizer_at
+from hf_moe_prune.pipeline.job import PruneJob, as_config, calibration_job, default_tokenizer, prepare, tokenizer_at
 from hf_moe_prune.pipeline.run import run
+from hf_moe_prune.pipeline.statistics import gather
 
 __all__ = [
     "PruneJob",
     "apply",
     "as_config",
+    "calibration_job",
     "decide",
     "default_tokenizer",
+    "gather",
     "prepare",
     "run",
     "statistics_needed",

@@ -73,7 +73,12 @@ def decide(
             kept = kept_experts(method, stats.get(block.name), scores, counts[block.name], block, method_kwargs)
             plan_blocks.append(BlockPlan(block.name, block.layer_idx, block.num_experts, kept, scores.tolist()))
     calibration = {"source": describe(config.calibration)}
-    if job.rows is not None:
+    if job.statistics is not None:
+        fp = job.statistics.fingerprint
+        calibration = {"source": job.statistics.describe(), "rows": fp.get("rows"), "seq_len": fp.get("seq_len")}
+        calibration["tokens"] = fp.get("tokens")
+        calibration["statistics"] = {k: fp.get(k) for k in ("data_hash", "model", "revision", "parts") if fp.get(k)}
+    elif job.rows is not None:
         calibration.update(rows=int(job.rows.shape[0]), seq_len=int(job.rows.shape[1]), tokens=int(job.rows.numel()))
     return PrunePlan(
         method=method.name,

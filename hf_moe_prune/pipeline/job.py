@@ -11,12 +11,14 @@ from hf_moe_prune.adapters import MoEBlock, find_blocks, get_adapter, text_confi
 from hf_moe_prune.allocation import check_budget, check_removes_experts, keep_counts
 from hf_moe_prune.allocation.neurons import check_schedule
 from hf_moe_prune.calibration import calibration_rows
+from hf_moe_prune.calibration.artifact import CalibrationStatistics
 from hf_moe_prune.calibration.distributed import is_distributed
 from hf_moe_prune.compensation import check_compensation
 from hf_moe_prune.config import MoEPruneConfig
 from hf_moe_prune.methods import METHODS, ScoringMethod
+from hf_moe_prune.pipeline import statistics as saved
 from hf_moe_prune.pipeline.measure import hold_out
-from hf_moe_prune.registries import COMPENSATIONS, schedule_options
+from hf_moe_prune.registries import COMPENSATIONS, NEURON_SCORES, schedule_options
 from hf_moe_prune.reshape import WidthGroupedExperts, check_same_count, neuron_layout
 
 
@@ -26,7 +28,8 @@ class PruneJob:
 
     `rows` are the scoring rows: the observers, a method's `fit` and the allocations see these only. `eval_rows` are
     the calibration rows held out to measure the result (`MoEPruneConfig.eval_fraction`), or None, with
-    `eval_skipped` saying why when measurement was asked for.
+    `eval_skipped` saying why when measurement was asked for. `statistics` are the saved statistics the plan is
+    decided from (`MoEPruneConfig.statistics`) instead of calibrating on `rows`; the held-out rows are then theirs.
     """
 
     config: MoEPruneConfig
@@ -35,6 +38,7 @@ class PruneJob:
     rows: torch.Tensor | None
     eval_rows: torch.Tensor | None = None
     eval_skipped: str | None = None
+    statistics: CalibrationStatistics | None = None
 
 
 def as_config(config: MoEPruneConfig | dict[str, Any]) -> MoEPruneConfig:
@@ -100,6 +104,18 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
         )
     if config.healing:
         _check_healing(model, config)
+    requires = method.requires
+    if config.unit == "neuron":
+        requires = requires | {
+            NEURON_SCORES[schedule_options(config.allocation, config.method_kwargs)["neuron_score"]]
+        }
+    statistics = saved.resolve(model, config, blocks, method, requires)
+    if statistics is not None and not config.healing:  # decided from sums: no calibration data read at all
+        eval_rows = statistics.held_out if config.eval_fraction else None
+        skipped = None
+        if config.eval_fraction and eval_rows is None:
+            skipped = "the statistics hold no held-out rows (they were gathered with eval_fraction=0)"
+        return PruneJob(config, blocks, method, None, eval_rows, skipped, statistics)
     rows = eval_rows = skipped = None
     if method.needs_calibration or config.healing:  # healing distils on the calibration rows
         rows = _rows(model, config, tokenizer)
@@ -115,7 +131,17 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
             rows = None  # tokenized for the held-out rows only
     elif config.eval_fraction and skipped is None:
         skipped = "no calibration data to hold rows out of"
-    return PruneJob(config, blocks, method, rows, eval_rows, skipped)
+    return PruneJob(config, blocks, method, rows, eval_rows, skipped, statistics)
+
+
+def calibration_job(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = None) -> PruneJob:
+    """A job for gathering statistics (`hf_moe_prune.calibrate`): the blocks and the calibration rows, split into
+    scoring and held-out rows exactly as `prepare` splits them, whatever the method (the budget is not checked)."""
+    blocks = find_blocks(model, get_adapter(model))
+    if config.calibration is None:
+        raise ValueError("calibrate needs calibration data: MoEPruneConfig(calibration=texts, ...).")
+    rows, eval_rows, skipped = hold_out(_rows(model, config, tokenizer), config.eval_fraction)
+    return PruneJob(config, blocks, METHODS.get(config.method), rows, eval_rows, skipped)
 
 
 def _check_healing(model: torch.nn.Module, config: MoEPruneConfig) -> None:

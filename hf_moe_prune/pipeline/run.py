@@ -59,7 +59,11 @@ def run(model: torch.nn.Module, job: PruneJob, progress: bool = True) -> PrunePl
         recorder = BlockInputRecorder(job.blocks, len(job.rows), config.batch_size, seed=config.seed)
     # healing's teacher: the unpruned model's top-k targets on the scoring rows, read off the calibration forwards
     teacher_hook = TeacherHook(model, config.healing["top_k"]) if config.healing and job.rows is not None else None
-    if job.rows is not None:
+    if job.statistics is not None:
+        if teacher_hook is not None:  # healing's teacher still needs the unpruned model's forwards: no statistics
+            collect_stats(model, job.blocks, frozenset(), job.rows, config.batch_size, progress, (teacher_hook,))
+        stats = dict(job.statistics.blocks)
+    elif job.rows is not None:
         stats = collect_stats(
             model,
             job.blocks,

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from hf_moe_prune.adapters import get_adapter
+from hf_moe_prune.calibration.artifact import CalibrationStatistics
 from hf_moe_prune.calibration.runner import peak_rss_kib
 from hf_moe_prune.calibration.stats import LayerStats
 from hf_moe_prune.config import MoEPruneConfig
@@ -47,6 +48,7 @@ from hf_moe_prune.streaming.layers import calibrate, decoder_layers, head_teache
 from hf_moe_prune.streaming.refusals import (
     PROPAGATIONS,
     check_streamable,
+    layout_refusal,
     pruned_checkpoint_refusal,
     streaming_refusal,
 )
@@ -58,6 +60,7 @@ __all__ = [
     "check_against_config",
     "pruned_checkpoint_refusal",
     "stream_prune",
+    "stream_statistics",
     "streaming_refusal",
 ]
 
@@ -113,6 +116,91 @@ def _resolve(path: str, **hub_kwargs) -> str:
     return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"], **hub_kwargs)
 
 
+def _open(path, make_job, dtype, model_class, model_config, hub_kwargs):
+    """The checkpoint's skeleton with everything outside the decoder layers loaded, its job (`make_job(model,
+    tokenizer)`, checked before any weight is read), and the readers of its files."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    from hf_moe_prune.pipeline import tokenizer_at
+
+    folder = _resolve(path, **hub_kwargs)
+    if model_config is None:
+        model_config = AutoConfig.from_pretrained(folder)
+    else:  # the caller's (from_pretrained's, with its attn_implementation, ...): never modified
+        model_config = copy.deepcopy(model_config)
+    refusal = pruned_checkpoint_refusal(model_config)
+    if refusal is not None:
+        raise StreamingRefused(f"Cannot stream-prune {path}: {refusal}")
+    if getattr(model_config, "is_encoder_decoder", False):
+        raise StreamingRefused(
+            f"Streaming (plan before load) runs one stack of decoder layers; {model_config.model_type} is an "
+            "encoder-decoder model. Load it first and prune it (streaming=False)."
+        )
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    if dtype in (None, "auto"):
+        dtype = getattr(model_config, "dtype", None) or getattr(model_config, "torch_dtype", None) or torch.float32
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    with init_empty_weights(include_buffers=False):  # parameters on meta; buffers (rotary tables) computed for real
+        model = _skeleton(model_config, dtype, model_class)
+    model.config.name_or_path = path
+    model.eval()
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()  # so that tied embeddings count once
+    job = make_job(model, tokenizer_at(folder))
+    checkpoint = Checkpoint(folder)
+    loader = Loader(model, folder, dtype)
+    # A config that disagrees with the weights would otherwise leave meta parameters that fail deep in a kernel.
+    check_against_config(model, checkpoint, loader, path)
+    layers_name, layers = decoder_layers(model, job.blocks)
+    groups: dict[int | None, dict[str, str]] = {}
+    for key in checkpoint.keys:
+        runtime, _ = loader.runtime_key(key)
+        match = re.match(rf"^{re.escape(layers_name)}\.(\d+)\.", runtime)
+        groups.setdefault(int(match.group(1)) if match else None, {})[key] = runtime
+    # Everything outside the decoder layers.
+    loader.load(model, {k: checkpoint.slice(k) for k in groups.get(None, {})})
+    return model, job, checkpoint, loader, layers, groups, folder
+
+
+def stream_statistics(
+    path: str,
+    config: MoEPruneConfig,
+    tokenizer: Any = None,
+    *,
+    dtype: torch.dtype | str | None = None,
+    progress: bool = True,
+    model_class: type | None = None,
+    model_config=None,
+    **hub_kwargs,
+):
+    """Gather every statistic of the checkpoint at `path` layer by layer (`hf_moe_prune.calibrate` on a path): one
+    decoder layer in memory at a time, as `stream_prune` calibrates; the held-out rows are stored, not run.
+
+    Returns:
+        `CalibrationStatistics`, with the same sums as a full-load `calibrate` (to float rounding).
+    """
+    from hf_moe_prune.pipeline import calibration_job
+    from hf_moe_prune.pipeline.statistics import available_statistics, fingerprint, routing_facts
+
+    def make_job(model, found_tokenizer):
+        job = calibration_job(model, config, tokenizer or found_tokenizer)
+        refusal = layout_refusal(job.blocks)
+        if refusal is not None:
+            raise StreamingRefused(refusal)
+        return job
+
+    model, job, checkpoint, loader, layers, groups, _ = _open(
+        path, make_job, dtype, model_class, model_config, hub_kwargs
+    )
+    held_out, job.eval_rows = job.eval_rows, None  # stored for later measurements, not run now
+    names = available_statistics(job.blocks)
+    stats, _ = calibrate(model, job, layers, groups, checkpoint, loader, names, "dense", {}, progress)
+    facts = routing_facts(job.blocks)  # routers are not loaded on the skeleton: no checksum while streaming
+    return CalibrationStatistics(stats, facts, fingerprint(model, config, job.rows, held_out, names), held_out)
+
+
 def stream_prune(
     path: str,
     config: MoEPruneConfig,
@@ -143,53 +231,22 @@ def stream_prune(
     Returns:
         `PreTrainedModel`: the compact model, with its plan attached (`model.moe_pruning_plan`).
     """
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, GenerationConfig
+    from transformers import GenerationConfig
 
-    from hf_moe_prune.pipeline import decide, prepare, statistics_needed, tokenizer_at
+    from hf_moe_prune.pipeline import decide, prepare, statistics_needed
     from hf_moe_prune.pipeline.measure import STREAMING, measure
     from hf_moe_prune.pipeline.run import finish
 
     start = time.perf_counter()
-    folder = _resolve(path, **hub_kwargs)
-    if model_config is None:
-        model_config = AutoConfig.from_pretrained(folder)
-    else:  # the caller's (from_pretrained's, with its attn_implementation, ...): never modified
-        model_config = copy.deepcopy(model_config)
-    refusal = pruned_checkpoint_refusal(model_config)
-    if refusal is not None:
-        raise StreamingRefused(f"Cannot stream-prune {path}: {refusal}")
-    if getattr(model_config, "is_encoder_decoder", False):
-        raise StreamingRefused(
-            f"Streaming (plan before load) runs one stack of decoder layers; {model_config.model_type} is an "
-            "encoder-decoder model. Load it first and prune it (streaming=False)."
-        )
-    if isinstance(dtype, str) and dtype != "auto":
-        dtype = getattr(torch, dtype)
-    if dtype in (None, "auto"):
-        dtype = getattr(model_config, "dtype", None) or getattr(model_config, "torch_dtype", None) or torch.float32
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    with init_empty_weights(include_buffers=False):  # parameters on meta; buffers (rotary tables) computed for real
-        model = _skeleton(model_config, dtype, model_class)
-    model.config.name_or_path = path
-    model.eval()
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()  # so that tied embeddings count once
-    job = prepare(model, config, tokenizer or tokenizer_at(folder))
-    check_streamable(config, job.method, propagation, job.blocks)
+
+    def make_job(model, found_tokenizer):
+        job = prepare(model, config, tokenizer or found_tokenizer)
+        check_streamable(config, job.method, propagation, job.blocks)
+        return job
+
+    opened = _open(path, make_job, dtype, model_class, model_config, hub_kwargs)
+    model, job, checkpoint, loader, layers, groups, folder = opened
     params_before = sum(p.numel() for p in model.parameters())
-    checkpoint = Checkpoint(folder)
-    loader = Loader(model, folder, dtype)
-    # A config that disagrees with the weights would otherwise leave meta parameters that fail deep in a kernel.
-    check_against_config(model, checkpoint, loader, path)
-    layers_name, layers = decoder_layers(model, job.blocks)
-    groups: dict[int | None, dict[str, str]] = {}
-    for key in checkpoint.keys:
-        runtime, _ = loader.runtime_key(key)
-        match = re.match(rf"^{re.escape(layers_name)}\.(\d+)\.", runtime)
-        groups.setdefault(int(match.group(1)) if match else None, {})[key] = runtime
-    # 1. Everything outside the decoder layers.
-    loader.load(model, {k: checkpoint.slice(k) for k in groups.get(None, {})})
     requires, _, _ = statistics_needed(job)
     stats = {b.name: LayerStats(b.num_experts) for b in job.blocks}
     kept_so_far: dict[str, list[int]] = {}
@@ -200,6 +257,8 @@ def stream_prune(
         )
         stats.update(observed)
         teacher, quality = _teacher(model, layers, job, finals, quality)
+    if job.statistics is not None:  # decided from saved sums; the pass above only carried the held-out rows
+        stats.update(job.statistics.blocks)
     plan = decide(job, model.config, stats, None, {"config": config, "seed": config.seed}, time.perf_counter() - start)
     if kept_so_far:  # pruned-prefix propagation already decided every layer
         for block_plan in plan.blocks:

@@ -105,14 +105,7 @@ def streaming_refusal(
         # e.g. re-running whole blocks on their inputs, or folding the dropped experts, which streaming never reads
         needs = "re-runs each block on its inputs" if compensator.needs_inputs else "reads the dropped experts"
         reasons.append(f"compensation {config.compensation!r} {needs}, so it needs the whole block in memory")
-    if any(b.adapter.flat_expert_tensors for b in blocks):
-        reasons.append("its experts are stored flattened")
-    if any(b.adapter.parent_count_attrs for b in blocks):
-        reasons.append("its layers hold several expert groups that share one count (text and vision experts)")
-    if any(b.adapter.more_experts for b in blocks):
-        reasons.append("its experts' weights are split over several modules")
-    if any(b.adapter.layer_state for b in blocks):
-        reasons.append("its decoder layers pass state besides hidden states from one to the next")
+    reasons += _layout_reasons(blocks)
     if propagation not in PROPAGATIONS:
         reasons.append(f"propagation must be one of {PROPAGATIONS}, not {propagation!r}")
     per_layer_counts = not isinstance(config.allocation, str) or ALLOCATIONS.get(config.allocation).fixed_counts
@@ -126,6 +119,31 @@ def streaming_refusal(
     return (
         "Streaming (plan before load) cannot do this: " + "; ".join(reasons) + ". Load the model first and prune "
         f"it (streaming=False), or choose a forward-only method ({_forward_only()})."
+    )
+
+
+def _layout_reasons(blocks) -> list[str]:
+    """What the family's layout keeps from streaming, whatever the request."""
+    reasons = []
+    if any(b.adapter.flat_expert_tensors for b in blocks):
+        reasons.append("its experts are stored flattened")
+    if any(b.adapter.parent_count_attrs for b in blocks):
+        reasons.append("its layers hold several expert groups that share one count (text and vision experts)")
+    if any(b.adapter.more_experts for b in blocks):
+        reasons.append("its experts' weights are split over several modules")
+    if any(b.adapter.layer_state for b in blocks):
+        reasons.append("its decoder layers pass state besides hidden states from one to the next")
+    return reasons
+
+
+def layout_refusal(blocks) -> str | None:
+    """Why this family's checkpoints cannot be calibrated layer by layer (`hf_moe_prune.calibrate` on a path)."""
+    reasons = _layout_reasons(blocks)
+    if not reasons:
+        return None
+    return (
+        "Streaming calibration cannot read this checkpoint layer by layer: " + "; ".join(reasons) + ". Load the "
+        "model and pass it to hf_moe_prune.calibrate instead of its path."
     )
 
 
