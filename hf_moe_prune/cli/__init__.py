@@ -1,8 +1,10 @@
-"""`hf-moe-prune`: the command line (argparse). A dispatch table maps each subcommand to
-the module that runs it: `prune`, `inspect`, `evaluate` (eval), `plan` (plan show / plan apply); `parser` builds the
-arguments, `checks` checks them before any model loads, `report` prints the result.
+"""`hf-moe-prune`: the command line (argparse). A dispatch table maps each subcommand to the module that runs it:
+`prune`, `calibrate`, `inspect`, `evaluate` (eval), `plan` (plan show / plan apply); `parser` builds the arguments,
+`checks` checks them before any model loads, `report` prints the result.
 
     hf-moe-prune prune   [MODEL] --method reap --ratio 0.5 --calibration data.jsonl --output DIR
+    hf-moe-prune calibrate [MODEL] --calibration data.jsonl --output STATS [--streaming]
+    hf-moe-prune prune   [MODEL] --statistics STATS --ratio 0.25 --output DIR
     hf-moe-prune inspect [MODEL] [--calibration ...] [--plan PLAN] --output DIR
     hf-moe-prune eval    [MODEL] [--reference BASE] [--data ...] [--tasks ...]
     hf-moe-prune plan show PLAN_OR_FOLDER
@@ -21,6 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from hf_moe_prune.cli.calibrate import run_calibrate
 from hf_moe_prune.cli.checks import UsageError, check_args
 from hf_moe_prune.cli.common import setup_logging
 from hf_moe_prune.cli.evaluate import run_eval
@@ -35,6 +38,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # (command, action) -> the function that runs it and returns its JSON-serializable report
 COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], dict[str, Any]]] = {
     ("prune", None): run_prune,
+    ("calibrate", None): run_calibrate,
     ("inspect", None): run_inspect,
     ("eval", None): run_eval,
     ("plan", "show"): run_plan_show,

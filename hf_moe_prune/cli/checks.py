@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from hf_moe_prune.cli.calibrate import calibration_config
 from hf_moe_prune.cli.common import is_fixture_based, output_sources, recorded_plan_base
 from hf_moe_prune.cli.prune import prune_config
 
@@ -41,7 +42,7 @@ def _check_output(args: argparse.Namespace) -> None:
         return
     if os.path.exists(output) and not os.path.isdir(output):
         raise UsageError(f"--output {output!r} is a file; give a folder.")
-    if args.command == "prune" or getattr(args, "action", None) == "apply":  # the commands that save a model
+    if args.command in ("prune", "calibrate") or getattr(args, "action", None) == "apply":  # they save a folder
         from hf_moe_prune.export.atomic import check_target
 
         try:  # the save's own check, before loading: a model folder only, never a source of the model
@@ -92,8 +93,14 @@ def check_args(args: argparse.Namespace) -> None:
         if base is None:
             raise UsageError("the plan records no base_model: give BASE_MODEL.")
         _check_model(base, "the plan's base_model")
-    if command == "prune":
+    for value in getattr(args, "statistics", None) or []:
+        folder = value.split("=", 1)[1] if "=" in value and not os.path.exists(value) else value
+        if not os.path.isfile(os.path.join(folder, "statistics.json")):
+            raise UsageError(
+                f"--statistics {folder!r} holds no statistics.json (write one with hf-moe-prune calibrate)."
+            )
+    if command in ("prune", "calibrate"):
         try:
-            args.config = prune_config(args)
-        except ValueError as error:
+            args.config = prune_config(args) if command == "prune" else calibration_config(args)
+        except (ValueError, TypeError) as error:
             raise UsageError(str(error)) from error

@@ -174,6 +174,8 @@ def output_sources(args: argparse.Namespace) -> list[str]:
         args (`argparse.Namespace`): The parsed arguments.
     """
     if args.command == "prune":
+        return [args.model or fixture_path("qwen3_moe"), *(v.split("=", 1)[-1] for v in args.statistics or [])]
+    if args.command == "calibrate":
         return [args.model or fixture_path("qwen3_moe")]
     plan = Path(args.plan)
     sources = [str(plan if plan.is_dir() else plan.parent)]

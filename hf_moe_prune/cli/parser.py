@@ -167,6 +167,16 @@ def _add_prune(sub) -> None:
     pruning.add_argument(
         "--calibration", nargs="+", metavar="DATA", help=".txt/.jsonl files or folders, or a Hub dataset name"
     )
+    pruning.add_argument(
+        "--statistics",
+        nargs="+",
+        metavar="[NAME=]DIR",
+        help="decide from statistics saved by `hf-moe-prune calibrate` instead of calibrating; several NAME=DIR "
+        "sets are combined (equal weights, or --statistics-weights)",
+    )
+    pruning.add_argument(
+        "--statistics-weights", metavar="NAME=W,...", help="weights of the --statistics sets, e.g. code=0.7,chat=0.3"
+    )
     _add_data(prune)
     pruning.add_argument(
         "--healing",
@@ -189,6 +199,39 @@ def _add_prune(sub) -> None:
     evaluation.add_argument("--no-eval", action="store_true", help="skip the before/after quality evaluation")
     _add_loading(prune)
     _add_output(prune, "output folder (default: a new folder under ./hf_moe_prune_output)", False, push=True)
+
+
+def _add_calibrate(sub) -> None:
+    calibrate = _subparser(
+        sub,
+        "calibrate",
+        "run the calibration pass once and save its statistics",
+        "Calibrate MODEL once and save every statistic the pruning methods read (with the routing facts, a "
+        "fingerprint of the data and the held-out rows) into --output; then `hf-moe-prune prune MODEL --statistics "
+        "DIR --ratio R` decides any ratio, method and allocation that needs only forward sums without calibrating "
+        "again. Default MODEL: the bundled trained qwen3_moe fixture and its bundled texts.",
+    )
+    _add_model(calibrate)
+    group = calibrate.add_argument_group("calibration")
+    group.add_argument(
+        "--calibration", nargs="+", metavar="DATA", help=".txt/.jsonl files or folders, or a Hub dataset name"
+    )
+    group.add_argument(
+        "--streaming",
+        action="store_true",
+        help="calibrate layer by layer from the checkpoint files, one decoder layer in memory at a time",
+    )
+    group.add_argument(
+        "--eval-fraction",
+        type=_fraction,
+        default=0.1,
+        metavar="F",
+        help="share of the rows held out (stored, never summed) for later prunes to measure themselves on "
+        "(default: 0.1)",
+    )
+    _add_data(calibrate)
+    _add_loading(calibrate)
+    _add_output(calibrate, "folder for the statistics (statistics.safetensors + statistics.json)")
 
 
 def _add_inspect(sub) -> None:
@@ -260,7 +303,7 @@ def _add_plan(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `hf-moe-prune` argument parser with its subcommands (prune, inspect, eval, plan show/apply)."""
+    """The `hf-moe-prune` argument parser with its subcommands (prune, calibrate, inspect, eval, plan show/apply)."""
     from hf_moe_prune import __version__
 
     parser = argparse.ArgumentParser(
@@ -271,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,inspect,eval,plan}")
-    for add in (_add_prune, _add_inspect, _add_eval, _add_plan):
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,calibrate,inspect,eval,plan}")
+    for add in (_add_prune, _add_calibrate, _add_inspect, _add_eval, _add_plan):
         add(sub)
     return parser

@@ -37,6 +37,32 @@ def _allocation(value: str | None) -> str | list[int] | dict[int, int] | None:
         ) from None
 
 
+def _statistics(args: argparse.Namespace) -> dict[str, Any]:
+    """`statistics` (one folder, or NAME=DIR sets) and `statistics_weights` from `--statistics` /
+    `--statistics-weights`."""
+    values = getattr(args, "statistics", None)
+    if not values:
+        if getattr(args, "statistics_weights", None):
+            raise ValueError("--statistics-weights weighs --statistics NAME=DIR sets; give --statistics.")
+        return {}
+    named = [v.split("=", 1) for v in values if "=" in v]
+    if len(values) == 1 and not named:
+        statistics: Any = values[0]
+    elif len(named) == len(values):
+        statistics = dict(named)
+    else:
+        raise ValueError("--statistics takes one DIR, or several NAME=DIR sets to combine.")
+    weights = None
+    if args.statistics_weights:
+        try:
+            weights = {k: float(w) for k, w in (item.split("=") for item in args.statistics_weights.split(","))}
+        except ValueError:
+            raise ValueError(
+                f"--statistics-weights must read NAME=W,NAME=W, got {args.statistics_weights!r}."
+            ) from None
+    return {"statistics": statistics, "statistics_weights": weights}
+
+
 def prune_config(args: argparse.Namespace):
     """The `MoEPruneConfig` of `hf-moe-prune prune`.
 
@@ -66,8 +92,10 @@ def prune_config(args: argparse.Namespace):
     calibration: Any = args.calibration
     if not calibration:
         calibration = mixed_texts() if is_fixture_based(args.model) else None
-        if calibration is None and method.needs_calibration:
-            raise ValueError(f"method {method.name!r} needs calibration data: give --calibration DATA.")
+        if calibration is None and method.needs_calibration and not args.statistics:
+            raise ValueError(
+                f"method {method.name!r} needs calibration data: give --calibration DATA (or --statistics DIR)."
+            )
     elif len(calibration) == 1:
         calibration = calibration[0]
     else:
@@ -88,6 +116,7 @@ def prune_config(args: argparse.Namespace):
         streaming=args.streaming,
         eval_fraction=args.eval_fraction,
         healing=getattr(args, "healing", 0) or None,
+        **_statistics(args),
         **budget,
     )
 

@@ -118,6 +118,16 @@ def _print_apply(report: dict[str, Any]) -> None:
         print(f"  pushed: {report['hub']}")
 
 
+def _print_calibrate(report: dict[str, Any]) -> None:
+    print(
+        f"Calibrated {report['model']}: {report['blocks']} MoE layers, {report['rows']} rows x {report['seq_len']} "
+        f"tokens ({report['held_out_rows']} held out), {report['calibrate_seconds']} s"
+    )
+    print(f"Statistics: {', '.join(report['statistics'])}")
+    print(f"Saved to {report['output']} ({(report['bytes'] or 0) / 2**20:.1f} MiB)")
+    print(f"Decide from them: hf-moe-prune prune {report['model']} --statistics {report['output']} --ratio R")
+
+
 def print_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
     """Print the report of the subcommand `args` names, for people.
 
@@ -128,4 +138,5 @@ def print_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
     if args.command == "plan":
         (_print_plan if args.action == "show" else _print_apply)(report)
     else:
-        {"prune": _print_prune, "inspect": _print_inspect, "eval": _print_eval}[args.command](report)
+        printers = {"prune": _print_prune, "calibrate": _print_calibrate, "inspect": _print_inspect}
+        printers.get(args.command, _print_eval)(report)

@@ -67,7 +67,8 @@ def _local_dirs(sources: Iterable[str | os.PathLike | None]) -> list[Path]:
 
 
 def _not_model_files(folder: Path) -> list[str]:
-    """Entries of `folder` that are not files of a model folder (all of them when it holds no config and weights)."""
+    """Entries of `folder` that are not files of a model folder (all of them when it holds no config and weights, and
+    is not a folder of calibration statistics)."""
     names = sorted(os.listdir(folder))
     unknown = []
     for name in names:
@@ -79,7 +80,8 @@ def _not_model_files(folder: Path) -> list[str]:
         elif not any(fnmatch.fnmatchcase(name, p) for p in MODEL_FILES):
             unknown.append(name)
     has_weights = any(fnmatch.fnmatchcase(n, p) for n in names for p in WEIGHT_FILES)
-    if not unknown and not ("config.json" in names and has_weights):
+    statistics = set(names) == {"statistics.json", "statistics.safetensors"}  # saved by `Statistics.save`
+    if not unknown and not ("config.json" in names and has_weights) and not statistics:
         return names  # e.g. only a README.md or a config.json: not recognisably a model
     return unknown
 
