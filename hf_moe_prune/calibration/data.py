@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ _TEXT_SUFFIXES = (".txt", ".md", ".py", ".text")
 _SOURCES = (
     "a list of strings, a datasets.Dataset, a .txt/.jsonl path or folder, a tensor of token ids, or a dataset name"
 )
+
+logger = logging.getLogger(__name__)
 
 
 def describe(source: Any) -> str:
@@ -144,7 +147,9 @@ def calibration_rows(
         for text in iter_texts(source):
             if not text.strip():
                 continue
-            stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+            # verbose=False: texts are packed into seq_len rows, so the tokenizer's "longer than the model's maximum
+            # length" warning about a whole document never applies
+            stream.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
             if eos is not None:
                 stream.append(eos)
             if len(stream) >= needed:
@@ -159,6 +164,16 @@ def calibration_rows(
         )
     # Explicit CPU: the quantizer prepares the rows inside transformers' meta-device init context.
     packed = torch.tensor(stream[: rows * seq_len], dtype=torch.long, device="cpu").view(rows, seq_len)
+    if rows < num_samples:
+        logger.warning(
+            "The calibration data gives %d rows of %d tokens, fewer than num_samples=%d (%d tokens in all): "
+            "calibrating on %d rows. Add text, or lower seq_len or num_samples to silence this.",
+            rows,
+            seq_len,
+            num_samples,
+            len(stream),
+            rows,
+        )
     if rows > num_samples:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         chosen = torch.randperm(rows, generator=generator, device="cpu")[:num_samples].sort().values
