@@ -25,7 +25,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def run_cli(*args, env=None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "hf_moe_prune", *map(str, args)]
+    command = [sys.executable, "-m", "hf_moe_prune_cli", *map(str, args)]  # what the hf-moe-prune script runs
     return subprocess.run(command, capture_output=True, text=True, env=env or ENV, timeout=300)
 
 
@@ -145,6 +145,36 @@ def test_bad_arguments_fail_in_a_real_process_with_exit_code_2(tmp_path):
     result = run_cli("prune", "--ratio", "2", "--output", tmp_path / "out")
     assert result.returncode == 2 and "--ratio" in result.stderr and "(0, 1)" in result.stderr
     assert not (tmp_path / "out").exists() and result.stdout == ""
+
+
+def test_help_and_usage_errors_answer_before_torch_is_imported():
+    """`--help`, `--version` and argparse's usage errors come from the launcher, which parses before importing the
+    library (torch, transformers: seconds); the bound is generous for a loaded machine, typical runs take ~0.1 s."""
+    import statistics
+    import time
+
+    for args, code in ((["--help"], 0), (["prune", "--help"], 0), (["--version"], 0), (["prune", "--ratio", "2"], 2)):
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            result = run_cli(*args)
+            times.append(time.perf_counter() - start)
+            assert result.returncode == code, result.stderr
+        assert statistics.median(times) < 2.0, (args, times)
+    probe = "import sys, hf_moe_prune_cli.parser as p; p.build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_the_launcher_lists_what_the_registries_hold():
+    import hf_moe_prune  # noqa: F401  (fills the registries)
+    from hf_moe_prune.registries import ALLOCATIONS, COMPENSATIONS, DEFAULT_METHOD, METHODS, names_for
+    from hf_moe_prune_cli import names as launcher
+
+    assert launcher.METHODS == tuple(METHODS.names()) and launcher.DEFAULT_METHOD == DEFAULT_METHOD
+    assert launcher.EXPERT_ALLOCATIONS == tuple(names_for(ALLOCATIONS, "expert"))
+    assert launcher.NEURON_ALLOCATIONS == tuple(names_for(ALLOCATIONS, "neuron"))
+    assert launcher.COMPENSATIONS == tuple(COMPENSATIONS.names())
+    assert launcher.version() == hf_moe_prune.__version__
 
 
 @pytest.mark.parametrize(

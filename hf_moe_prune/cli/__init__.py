@@ -45,7 +45,7 @@ COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], dict[str, 
     ("plan", "apply"): run_plan_apply,
 }
 
-__all__ = ["COMMANDS", "UsageError", "build_parser", "check_args", "main", "run"]
+__all__ = ["COMMANDS", "UsageError", "build_parser", "check_args", "main", "run", "run_parsed"]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -59,8 +59,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `hf-moe-prune` with `argv` (default: `sys.argv[1:]`) and return the exit code (0, 1 or 2)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_parsed(build_parser().parse_args(argv))
+
+
+def run_parsed(args: argparse.Namespace) -> int:
+    """Check the parsed arguments, run the subcommand and print its report; return the exit code (0, 1 or 2).
+
+    The `hf-moe-prune` launcher (`hf_moe_prune_cli`) parses the command line before this package is imported, then
+    calls this.
+    """
     name = f"hf-moe-prune {args.command}" + (f" {args.action}" if args.command == "plan" else "")
     try:
         check_args(args)
