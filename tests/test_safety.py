@@ -119,7 +119,7 @@ def test_non_portable_checkpoints_reload_with_the_library(non_portable):
         for load in loaders:
             torch.testing.assert_close(_logits(load(folder), input_ids), expected, rtol=0, atol=1e-5, msg=name)
         card = open(os.path.join(folder, "README.md")).read()
-        assert "Loading needs `pip install hf-moe-prune` and `import hf_moe_prune`" in card
+        assert "Loading needs the hf_moe_prune library installed" in card and "`import hf_moe_prune`" in card
         assert "never loaded with random experts" in card
 
 

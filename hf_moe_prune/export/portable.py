@@ -28,7 +28,7 @@ from typing import Any
 MARKER = "hf_moe_prune"
 LOAD_HINT = (
     "per-layer expert layout pruned by hf_moe_prune: stock transformers would load random experts. "
-    "Run `pip install hf-moe-prune` and `import hf_moe_prune` before from_pretrained"
+    "Install hf_moe_prune (from its source) and `import hf_moe_prune` before from_pretrained"
 )
 _TEXT_KEYS = ("text_config", "thinker_config")
 
