@@ -8,7 +8,7 @@ from typing import Any
 
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from hf_moe_prune.config_checks import check_budget_fields
+from hf_moe_prune.config_checks import check_budget_fields, check_portable
 from hf_moe_prune.healing_options import healing_options
 from hf_moe_prune.registries import (
     ALLOCATIONS,
@@ -105,6 +105,10 @@ class MoEPruneConfig(QuantizationConfigMixin):
         propagation (`str`, *optional*, defaults to `"dense"`):
             With `streaming=True`: what each layer sees during calibration: the unpruned previous layers' outputs
             (`"dense"`, the same statistics as a full forward) or the already pruned ones (`"pruned"`).
+        portable (`bool`, *optional*, defaults to `False`): Only plans whose checkpoint stock transformers (and vLLM,
+            SGLang, llama.cpp, the Optimum exporters, the quantizers) load without this library: the same number of
+            whole experts in every layer. Per-layer allocations and neuron pruning are refused, a method's own
+            per-layer default allocation becomes `"uniform"`, and `auto` searches uniform plans only.
         tokenizer (*optional*): Tokenizer for text calibration data; by default loaded from the model's path.
     """
 
@@ -133,6 +137,7 @@ class MoEPruneConfig(QuantizationConfigMixin):
         healing: int | dict[str, Any] | None = None,
         statistics: Any = None,
         statistics_weights: dict[str, float] | None = None,
+        portable: bool = False,
         **kwargs,
     ):
         self.quant_method = QUANT_METHOD
@@ -148,6 +153,7 @@ class MoEPruneConfig(QuantizationConfigMixin):
         self.healing = healing
         self.statistics = statistics
         self.statistics_weights = statistics_weights
+        self.portable = portable
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.seed = seed
@@ -196,7 +202,9 @@ class MoEPruneConfig(QuantizationConfigMixin):
             raise ValueError(f"unit must be 'expert' (whole experts) or 'neuron' (expert neurons), got {self.unit!r}.")
         if self.allocation is None:  # the method's own default, if it serves this unit (else uniform)
             default = ALLOCATIONS.get(method.default_allocation)
-            self.allocation = default.name if self.unit in default.units else DEFAULT_ALLOCATION
+            per_layer = not (default.fixed_counts or default.searches)
+            fits = self.unit in default.units and not (getattr(self, "portable", False) and per_layer)
+            self.allocation = default.name if fits else DEFAULT_ALLOCATION
         if self.compensation is None:
             default = COMPENSATIONS.get(method.default_compensation)
             self.compensation = default.name if self.unit in default.units else DEFAULT_COMPENSATION
@@ -224,6 +232,7 @@ class MoEPruneConfig(QuantizationConfigMixin):
                     f"unit={self.unit!r} one of {names_for(ALLOCATIONS, self.unit)}."
                 )
         check_budget_fields(self, explicit)
+        check_portable(self, explicit)
         if not self.is_pruned_checkpoint:
             check_search_request(self)
             self.healing = healing_options(self.healing)

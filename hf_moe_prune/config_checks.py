@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 
-from hf_moe_prune.registries import schedule_options
+from hf_moe_prune.registries import ALLOCATIONS, schedule_options
 
 
 def _check_neuron_unit(config) -> None:
@@ -51,3 +51,28 @@ def check_budget_fields(config, explicit: bool) -> None:
             f"eval_fraction must be a number in [0, 1): the share of calibration rows held out to measure the "
             f"pruned model (0 measures nothing); got {fraction!r}."
         )
+
+
+def check_portable(config, explicit: bool) -> None:
+    """`portable=True`: refuse, before anything runs, what gives a checkpoint only this library loads."""
+    if not isinstance(config.portable, bool):
+        raise ValueError(f"portable must be True or False, got {config.portable!r}.")
+    if not config.portable or config.is_pruned_checkpoint:
+        return
+    fix = "use allocation='uniform' (or 'auto', which then searches uniform plans), or portable=False"
+    if config.unit == "neuron":
+        raise ValueError(
+            "portable=True: neuron pruning leaves experts of different widths, which no stock consumer loads; prune "
+            "whole experts (unit='expert'), or portable=False."
+        )
+    if explicit:
+        counts = list(config.allocation.values() if isinstance(config.allocation, dict) else config.allocation)
+        if len(set(counts)) > 1:
+            raise ValueError(f"portable=True: per-layer counts {config.allocation!r} differ between layers; {fix}.")
+    else:
+        allocator = ALLOCATIONS.get(config.allocation)
+        if not (allocator.fixed_counts or allocator.searches):
+            raise ValueError(
+                f"portable=True: allocation={config.allocation!r} gives each layer its own count, which only this "
+                f"library loads; {fix}."
+            )

@@ -96,6 +96,22 @@ class PrunePlan:
         return counted and len({b.num_kept for b in self.blocks}) <= 1 and not self.expert_widths
 
     @property
+    def loaders(self) -> dict[str, bool]:
+        """Which consumers load this plan's checkpoint (`README.md`, "Portability", has the measured table): a uniform
+        plan gives a stock checkpoint every one of them takes (for the families each supports); any other only this
+        library (transformers with `import hf_moe_prune`) and Optimum OpenVINO."""
+        stock = self.is_uniform
+        return {
+            "hf_moe_prune (transformers + import hf_moe_prune)": True,
+            "Optimum OpenVINO": True,
+            "transformers without hf_moe_prune": stock,
+            "vLLM / SGLang": stock,
+            "llama.cpp (GGUF)": stock,
+            "Optimum ONNX Runtime": stock,
+            "bitsandbytes / torchao / llm-compressor": stock,
+        }
+
+    @property
     def expert_widths(self) -> dict[str, list[int]]:
         """`{block name: width of every kept expert}` for the blocks whose experts have different widths."""
         return {b.name: b.widths for b in self.blocks if b.widths is not None}

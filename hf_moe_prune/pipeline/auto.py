@@ -118,7 +118,7 @@ def candidates(job: PruneJob) -> list[tuple[str, str, dict[str, Any]]]:
             and a.allocate is not None
             and a.streams
             and not a.searches
-            and (a.fixed_counts or not same)
+            and (a.fixed_counts or not (same or config.portable))  # equal counts where they must be
         ]
         allocations.sort(key=lambda name: not ALLOCATIONS.get(name).fixed_counts)  # the per-layer share first
     else:

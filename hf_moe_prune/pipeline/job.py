@@ -90,6 +90,11 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
         check_budget(blocks, config)
         check_removes_experts(blocks, config, counts)
         check_same_count(blocks[0].adapter, counts.values(), config.allocation)
+    if config.portable and not blocks[0].adapter.count_keys:
+        raise ValueError(
+            f"portable=True: a {blocks[0].adapter.model_type} config has no routed-expert count, so no pruned "
+            "checkpoint of this family loads in stock transformers; use portable=False."
+        )
     check_compensation(config.compensation, blocks)
     if COMPENSATIONS.get(config.compensation).needs_inputs and not all(b.adapter.standalone for b in blocks):
         raise ValueError(

@@ -134,3 +134,18 @@ def finish(plan: PrunePlan, job: PruneJob, quality: dict[str, Any] | None) -> No
         plan.calibration["held_out_rows"] = len(job.eval_rows)
     plan.quality = quality
     log_quality(quality)
+    warn_not_portable(plan)
+
+
+def warn_not_portable(plan: PrunePlan) -> None:
+    """Say, before anything is saved, which consumers will refuse this plan's checkpoint."""
+    if plan.is_uniform:
+        return
+    why = "experts of different widths" if plan.expert_widths else "different numbers of experts per layer"
+    refuse = ", ".join(name for name, loads in plan.loaders.items() if not loads)
+    logger.warning(
+        "This plan is not portable (%s): its checkpoint loads with transformers after `import hf_moe_prune` and with "
+        "Optimum OpenVINO; %s refuse it (never silently). Pass portable=True for a plan every consumer loads.",
+        why,
+        refuse,
+    )
