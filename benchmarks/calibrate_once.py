@@ -61,11 +61,15 @@ def fixture_rows(name: str, args, folder: Path) -> list[str]:
     lines = []
     for ratio in RATIOS:
         calibrating = _median(
-            lambda: hf_moe_prune.prune(copy.deepcopy(model), MoEPruneConfig(ratio=ratio, **data), progress=False),
+            lambda ratio=ratio: hf_moe_prune.prune(
+                copy.deepcopy(model), MoEPruneConfig(ratio=ratio, **data), progress=False
+            ),
             args.repeats,
         )
         config = MoEPruneConfig(ratio=ratio, statistics=stats_dir, num_samples=args.num_samples, seq_len=args.seq_len)
-        deciding = _median(lambda: hf_moe_prune.prune(copy.deepcopy(model), config, progress=False), args.repeats)
+        deciding = _median(
+            lambda config=config: hf_moe_prune.prune(copy.deepcopy(model), config, progress=False), args.repeats
+        )
         lines.append(
             f"| {name} | {ratio} | {calibrate:.2f} | {calibrating:.2f} | {deciding:.2f} | "
             f"{calibrating / deciding:.1f}x |"
@@ -88,11 +92,15 @@ def synthetic_rows(args) -> tuple[list[str], float]:
     lines = []
     for ratio in (0.25, 0.75):
         streamed = _median(
-            lambda: AutoModelForCausalLM.from_pretrained(path, pruning_config=MoEPruneConfig(ratio=ratio, **data)),
+            lambda ratio=ratio: AutoModelForCausalLM.from_pretrained(
+                path, pruning_config=MoEPruneConfig(ratio=ratio, **data)
+            ),
             args.repeats,
         )
         config = MoEPruneConfig(ratio=ratio, statistics=stats_dir, batch_size=8)
-        deciding = _median(lambda: AutoModelForCausalLM.from_pretrained(path, pruning_config=config), args.repeats)
+        deciding = _median(
+            lambda config=config: AutoModelForCausalLM.from_pretrained(path, pruning_config=config), args.repeats
+        )
         lines.append(
             f"| synthetic qwen3_moe ({disk_gb:.1f} GB, streaming) | {ratio} | {calibrate:.1f} | {streamed:.1f} | "
             f"{deciding:.1f} | {streamed / deciding:.1f}x |"

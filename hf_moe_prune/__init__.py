@@ -8,6 +8,7 @@ from hf_moe_prune import _moved
 from hf_moe_prune.adapters import ADAPTERS, MoEAdapter, find_blocks
 from hf_moe_prune.api import apply_plan, prune
 from hf_moe_prune.config import MoEPruneConfig
+from hf_moe_prune.elastic import save_elastic
 from hf_moe_prune.export.hub import push_to_hub
 from hf_moe_prune.export.saving import save_pruned
 from hf_moe_prune.integration import MoEPruneHfQuantizer, register
@@ -43,6 +44,7 @@ __all__ = [
     "register_allocation",
     "register_compensation",
     "register_method",
+    "save_elastic",
     "save_pruned",
     "stream_prune",
 ]

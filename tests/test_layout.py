@@ -45,7 +45,7 @@ LAYERS = [
     ("pipeline", ["pipeline"]),
     ("export", ["export"]),
     ("streaming", ["streaming"]),
-    ("api", ["api", "statistics"]),  # the public verbs: pipeline + export
+    ("api", ["api", "statistics", "elastic"]),  # the public verbs: pipeline + export
     ("integration", ["integration"]),
     ("cli", ["cli", "__main__"]),
     ("package", ["__init__", "testing"]),

@@ -45,7 +45,7 @@ MODEL_FILES = (
     config.json generation_config.json moe_pruning_plan.json README.md modeling_pruned.py
     configuration_pruned.py tokenizer.json tokenizer_config.json tokenizer.model special_tokens_map.json
     added_tokens.json vocab.json vocab.txt merges.txt spiece.model chat_template.jinja
-    chat_template.json processor_config.json preprocessor_config.json statistics.json
+    chat_template.json processor_config.json preprocessor_config.json statistics.json moe_elastic_plans.json
     """.split(),
 )
 MODEL_DIRS = ("additional_chat_templates",)  # transformers 5 saves extra chat templates in this subfolder

@@ -25,6 +25,8 @@ def attach_plan(model: nn.Module, plan: PrunePlan) -> None:
     model.moe_pruning_plan = plan
     config = model.config
     config.moe_pruning = plan.summary()
+    if hasattr(config, "moe_elastic"):  # a full model loaded from an elastic checkpoint: once pruned it is not one
+        del config.moe_elastic
     if plan.is_uniform:
         if isinstance(getattr(config, "quantization_config", None), MoEPruneConfig):
             del config.quantization_config

@@ -11,8 +11,10 @@ from transformers import PreTrainedModel
 
 from hf_moe_prune.api import prune
 from hf_moe_prune.config import MoEPruneConfig
+from hf_moe_prune.export.elastic import elastic_block
 from hf_moe_prune.export.portable import is_pruned_config, read_config_dict, stock_config_for
 from hf_moe_prune.streaming import StreamingRefused, stream_prune
+from hf_moe_prune.streaming.elastic import load_size
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,9 @@ def install_from_pretrained() -> None:
             if config is not None:
                 kwargs["config"] = config
         request = kwargs.get("quantization_config")
+        if isinstance(request, MoEPruneConfig) and path is not None and elastic_block(config_dict) is not None:
+            # one size of an elastic checkpoint: its saved plan, only its experts' bytes read (no calibration)
+            return _stream(cls, path, request, _without_path(args, kwargs), load=load_size)
         if isinstance(request, MoEPruneConfig) and path is not None and not request.is_pruned_checkpoint:
             pruned = is_pruned_config(config_dict)
             automatic = request.streaming is None and not pruned and _streams(cls, path, config_dict, args, kwargs)
@@ -129,8 +134,9 @@ def _streams(cls, path, config_dict: dict | None, args: tuple, kwargs: dict) -> 
     return cls.__name__ in (config_dict.get("architectures") or [])
 
 
-def _stream(cls, path, request: MoEPruneConfig, kwargs: dict):
-    """`from_pretrained` with streaming: plan layer by layer, then load only the kept experts."""
+def _stream(cls, path, request: MoEPruneConfig, kwargs: dict, load=stream_prune):
+    """`from_pretrained` with streaming: plan layer by layer (`load`: or read a saved plan), then load only the kept
+    experts."""
     refusal = _stream_kwargs_refusal(kwargs)
     if refusal:
         raise StreamingRefused(refusal)
@@ -138,7 +144,7 @@ def _stream(cls, path, request: MoEPruneConfig, kwargs: dict):
     hub = {k: kwargs[k] for k in _HUB_KEYS if k in kwargs}  # `subfolder` is refused above
     model_class = None if getattr(cls, "__name__", "").startswith("Auto") else cls
     dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
-    model = stream_prune(
+    model = load(
         str(path),
         request,
         request.tokenizer,
