@@ -43,6 +43,10 @@ def _ratio(value: str) -> float:
     return ratio
 
 
+def _ratios(value: str) -> list[float]:
+    return [_ratio(part) for part in value.split(",") if part.strip()]
+
+
 def _fraction(value: str) -> float:
     try:
         fraction = float(value)
@@ -172,6 +176,13 @@ def _add_prune(sub) -> None:
         metavar="[NAME=]DIR",
         help="decide from statistics saved by `hf-moe-prune calibrate` instead of calibrating; several NAME=DIR "
         "sets are combined (equal weights, or --statistics-weights)",
+    )
+    pruning.add_argument(
+        "--elastic",
+        type=_ratios,
+        metavar="R1,R2,...",
+        help="write one elastic checkpoint that loads at each of these ratios (from_pretrained(DIR, pruning_config="
+        "MoEPruneConfig(ratio=R))) instead of one pruned model; forward-statistics methods, no compensation",
     )
     pruning.add_argument(
         "--statistics-weights", metavar="NAME=W,...", help="weights of the --statistics sets, e.g. code=0.7,chat=0.3"

@@ -297,3 +297,19 @@ def test_loading_the_smallest_size_peaks_below_the_full_model(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["size_bytes"] < 0.3 * full_bytes
     assert result["peak_bytes"] < 0.6 * full_bytes, (result, full_bytes)
+
+
+def test_cli_prune_elastic_writes_a_checkpoint_that_loads_each_size(tmp_path, capsys):
+    from hf_moe_prune.cli import main
+
+    out = tmp_path / "elastic"
+    small = ["--num-samples", "12", "--seq-len", "64", "--quiet"]
+    assert main(["prune", "--elastic", "0.25,0.5", "--output", str(out), *small]) == 0
+    assert "ratio 0.5:" in capsys.readouterr().out
+    sizes = json.loads((out / "config.json").read_text())["moe_elastic"]["sizes"]
+    assert [s["ratio"] for s in sizes] == [0.25, 0.5]
+    loaded = AutoModelForCausalLM.from_pretrained(out, pruning_config=MoEPruneConfig(ratio=0.5))
+    assert {b.num_kept for b in loaded.moe_pruning_plan.blocks} == {8}
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error
+        main(["prune", "--elastic", "0.25,2", "--output", str(tmp_path / "x")])
+    assert exit_.value.code == 2

@@ -139,8 +139,10 @@ def run_prune(args: argparse.Namespace) -> dict[str, Any]:
     output = Path(args.output or f"hf_moe_prune_output/{name}-{config.method}-{stamp}")
     size_before = disk_bytes(model_path)  # before anything is written
 
-    log(f"Pruning {model_path} with {config.method} ...")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if getattr(args, "elastic", None):
+        return _run_elastic(args, config, model_path, tokenizer, output, push)
+    log(f"Pruning {model_path} with {config.method} ...")
     start = time.perf_counter()
     model = load_model(model_path, args, pruning_config=config)
     seconds = time.perf_counter() - start
@@ -181,6 +183,37 @@ def run_prune(args: argparse.Namespace) -> dict[str, Any]:
     report["safetensors_bytes"] = {"before": size_before, "after": disk_bytes(str(output))}
     if push is not None:
         report["hub"] = push_model(push, model, args.push_to_hub, tokenizer)
+    return report
+
+
+def _run_elastic(args, config, model_path: str, tokenizer, output: Path, push) -> dict[str, Any]:
+    """`prune --elastic R1,R2,...`: one checkpoint that loads at every ratio (`hf_moe_prune.save_elastic`)."""
+    import hf_moe_prune
+    from hf_moe_prune.elastic import push_elastic
+
+    log(f"Loading {model_path} ...")
+    model = load_model(model_path, args)
+    log(f"Deciding nested plans at ratios {args.elastic} with {config.method} ...")
+    start = time.perf_counter()
+    meta = hf_moe_prune.save_elastic(
+        model,
+        output,
+        config,
+        ratios=args.elastic,
+        tokenizer=tokenizer,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    report: dict[str, Any] = {
+        "model": model_path,
+        "output": str(output),
+        "method": config.method,
+        "elastic_sizes": meta["sizes"],
+        "seconds": round(time.perf_counter() - start, 2),
+        "safetensors_bytes": {"after": disk_bytes(str(output))},
+    }
+    if push is not None:
+        report["hub"] = str(push_elastic(output, args.push_to_hub))
     return report
 
 

@@ -22,7 +22,25 @@ def _quality_table(before: dict[str, Any] | None, after: dict[str, Any]) -> None
         print(line)
 
 
+def _print_elastic(report: dict[str, Any]) -> None:
+    print(
+        f"\nElastic checkpoint of {report['model']} ({report['method']}) -> {report['output']} ({report['seconds']} s)"
+    )
+    for size in report["elastic_sizes"]:
+        quality = size.get("quality") or {}
+        kl = f", held-out KL {quality['kl']:.4f}, ppl {quality['ppl_after']:.3f}" if "kl" in quality else ""
+        print(
+            f"  ratio {size['ratio']}: {size['parameters']:,} parameters, experts per layer "
+            f"{list(size['experts_per_layer'].values())}{kl}"
+        )
+    print(f"  load a size: from_pretrained({report['output']!r}, pruning_config=MoEPruneConfig(ratio=R))")
+    if "hub" in report:
+        print(f"  pushed: {report['hub']}")
+
+
 def _print_prune(report: dict[str, Any]) -> None:
+    if "elastic_sizes" in report:
+        return _print_elastic(report)
     params, disk = report["parameters"], report["safetensors_bytes"]
     print(f"\nPruned {report['model']} with {report['method']} -> {report['output']}")
     print(f"  experts kept per layer: {report['kept_experts_per_layer']}")
