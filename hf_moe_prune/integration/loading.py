@@ -13,6 +13,7 @@ from hf_moe_prune.api import prune
 from hf_moe_prune.config import MoEPruneConfig
 from hf_moe_prune.export.elastic import elastic_block
 from hf_moe_prune.export.portable import is_pruned_config, read_config_dict, stock_config_for
+from hf_moe_prune.integration.quantized import prune_and_quantize
 from hf_moe_prune.streaming import StreamingRefused, stream_prune
 from hf_moe_prune.streaming.elastic import load_size
 
@@ -44,10 +45,10 @@ def install_from_pretrained() -> None:
     def from_pretrained(cls, *args, pruning_config: MoEPruneConfig | dict | None = None, **kwargs):
         # `pruning_config=` is `quantization_config=` under the name users look for; every Auto* class ends up here.
         if pruning_config is not None:
-            if kwargs.get("quantization_config") is not None:
-                raise ValueError(
-                    "Pass either pruning_config= or quantization_config=, not both: pruning uses that slot."
-                )
+            if isinstance(kwargs.get("quantization_config"), MoEPruneConfig):
+                raise ValueError("Pass the pruning config once: as pruning_config= or as quantization_config=.")
+            if kwargs.get("quantization_config") is not None:  # prune, then load the kept weights quantized
+                return prune_and_quantize(_load, cls, args, kwargs, pruning_config)
             kwargs["quantization_config"] = (
                 pruning_config if isinstance(pruning_config, MoEPruneConfig) else MoEPruneConfig(**pruning_config)
             )
@@ -85,6 +86,10 @@ def install_from_pretrained() -> None:
 
     from_pretrained._hf_moe_prune = True
     PreTrainedModel.from_pretrained = classmethod(from_pretrained)
+
+
+def _load(cls, *args, **kwargs):
+    return cls.from_pretrained(*args, **kwargs)  # through this wrapper again (pruning_config= handling)
 
 
 def _without_path(args: tuple, kwargs: dict) -> dict:
