@@ -72,8 +72,9 @@ class MoEPruneConfig(QuantizationConfigMixin):
         healing (`int` or `dict`, *optional*):
             After the experts are removed, distil the pruned model toward the unpruned one on the scoring rows (KL on
             the next-token distribution; the held-out rows only decide when to stop): a number of steps, or a dict
-            of options (`steps`, `lr`, `batch_size`, `train`, `top_k`, `eval_every`, `patience`, `keep_best`, ...,
-            see `hf_moe_prune.healing_options.HEALING_DEFAULTS`). Off by default.
+            of options (`steps`, `lr`, `batch_size`, `train`, `top_k`, `eval_every`, `patience`, `keep_best`, `lora`
+            (LoRA adapters through peft, merged after training: `True` or `{"r": 8, "alpha": 16}`), ..., see
+            `hf_moe_prune.healing_options.HEALING_DEFAULTS`). Off by default.
         statistics (*optional*):
             Decide from statistics gathered earlier instead of calibrating: a folder written by `stats.save(path)` /
             `hf-moe-prune calibrate`, the object `hf_moe_prune.calibrate` returned, or a dict `{name: folder}` of

@@ -11,7 +11,8 @@ def loading_note(uniform: bool, remote_code: bool) -> str:
     if uniform or remote_code:
         return ""
     return (
-        "**Loading needs `pip install hf-moe-prune` and `import hf_moe_prune`** before `from_pretrained`: the MoE "
+        "**Loading needs the hf_moe_prune library installed (from its source: no package-index release yet) and "
+        "`import hf_moe_prune`** before `from_pretrained`: the MoE "
         "layers keep different numbers (or widths) of experts, a layout stock transformers cannot build. Without the "
         "library the checkpoint is refused on purpose, never loaded with random experts: `Auto*` classes stop at "
         '"model type `hf_moe_prune`", the family\'s own class at its expert-count field, whose value says the same. '
@@ -87,12 +88,20 @@ def healing_text(healing: Mapping[str, Any] | None) -> str | None:
     if not healing:
         return None
     options = healing.get("options") or {}
+    groups = ", ".join(options.get("train") or [])
+    lora = healing.get("lora")
+    if lora:  # the adapters were merged into the weights: the checkpoint has no peft modules
+        trained = (
+            f"LoRA adapters (peft, rank {lora.get('r')}, alpha {lora.get('alpha')}) on {groups} "
+            f"({healing.get('trained_parameters')} adapter parameters, merged into the weights after training)"
+        )
+    else:
+        trained = f"{groups} ({healing.get('trained_parameters')} parameters)"
     text = (
         f"After the experts were removed, the model was distilled toward the unpruned one for {healing.get('steps')} "
         f"steps ({healing.get('stopped')}) on {healing.get('train_rows')} calibration rows: KL on the next-token "
         f"distribution over the unpruned model's top-{options.get('top_k')} tokens plus the rest, training "
-        f"{', '.join(options.get('train') or [])} ({healing.get('trained_parameters')} parameters), AdamW at learning "
-        f"rate {options.get('lr')}."
+        f"{trained}, AdamW at learning rate {options.get('lr')}."
     )
     if healing.get("held_out_kl_before") is not None:
         text += (

@@ -13,7 +13,9 @@ measurements without improvement. `keep_best` ends on the weights of the best me
 parameters while training); without it the last weights stay.
 
 The model runs in eval mode (no dropout, deterministic routing) with gradients on the parameters `train` names only;
-AdamW with float32 state, a linear warm-up, then a constant learning rate; gradients clipped to `max_grad_norm`.
+AdamW with float32 state, a linear warm-up, then a constant learning rate; gradients clipped to `max_grad_norm`. With
+`lora` the trained parameters are LoRA adapters on what `train` names (`hf_moe_prune.healing.lora`), merged into the
+weights when training ends; `keep_best` keeps the adapters of the best measurement.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -29,6 +32,7 @@ from transformers.utils.logging import is_progress_bar_enabled
 
 from hf_moe_prune.calibration.runner import model_device, model_inputs
 from hf_moe_prune.calibration.teacher import TeacherRecords, log1mexp
+from hf_moe_prune.healing.lora import LoraHealing
 from hf_moe_prune.healing.params import MasterAdamW, trainable_parameters
 
 
@@ -80,37 +84,40 @@ def heal(
 
     Returns:
         `dict`: the record for `PrunePlan.healing` (steps run, why it stopped, the options, train and held-out KL
-        before and after, the history of measurements, seconds).
+        before and after, the history of measurements, seconds; with `lora`, the adapters' settings and targets).
     """
     start = time.perf_counter()
     size = options["batch_size"] or batch_size
-    params = trainable_parameters(model, options["train"])
-    if not params:
-        raise ValueError(f"healing: the model has no parameters to train under train={options['train']}.")
-    flags = {id(p): p.requires_grad for p in model.parameters()}
+    flags = {id(p): p.requires_grad for p in model.parameters()}  # before peft freezes the weights
     was_training = model.training
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = MasterAdamW(params, options["lr"], options["weight_decay"])
     generator = torch.Generator().manual_seed(seed)
     device = model_device(model)
 
     def held_out_kl() -> dict[str, Any] | None:
         return None if held_out is None or measure is None else measure(model, held_out, batch_size=size)
 
-    before = held_out_kl()
-    history: list[dict[str, Any]] = []
-    best = (before or {}).get("kl")
-    # keep_best: the weights to end on, from the start (healing that never improves the held-out KL is undone)
-    best_state = [p.detach().to("cpu", copy=True) for p in params] if options["keep_best"] and before else None
-    since, stopped, losses = 0, "steps", []
-    order = torch.randperm(len(teacher.rows), generator=generator)
-    position = 0
-    disabled = not progress or not is_progress_bar_enabled()
-    model.eval()
+    lora = None
+    if options.get("lora"):  # one forward of one row under the adapters first: a layout peft cannot wrap fails there
+        lora = LoraHealing(model, options, probe=model_inputs(model, teacher.rows[:1].to(device)))
     try:
+        params = lora.parameters if lora else trainable_parameters(model, options["train"])
+        if not params:
+            raise ValueError(f"healing: the model has no parameters to train under train={options['train']}.")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = MasterAdamW(params, options["lr"], options["weight_decay"])
+        before = held_out_kl()
+        history: list[dict[str, Any]] = []
+        best = (before or {}).get("kl")
+        # keep_best: the weights to end on, from the start (healing that never improves the held-out KL is undone)
+        best_state = [p.detach().to("cpu", copy=True) for p in params] if options["keep_best"] and before else None
+        since, stopped, losses = 0, "steps", []
+        order = torch.randperm(len(teacher.rows), generator=generator)
+        position = 0
+        disabled = not progress or not is_progress_bar_enabled()
+        model.eval()
         bar = tqdm(range(options["steps"]), desc="healing", unit="step", disable=disabled)
         for step in bar:
             if position + size > len(order):
@@ -120,7 +127,7 @@ def heal(
             batch = teacher.select_rows(pick)
             scale = min(1.0, (step + 1) / options["warmup"]) if options["warmup"] else 1.0
             optimizer.set_lr(options["lr"] * scale)
-            with torch.enable_grad():
+            with torch.enable_grad(), lora.dropout() if lora else nullcontext():
                 output = model(**model_inputs(model, batch.rows.to(device)), use_cache=False)
                 logits = output.logits[:, : batch.rows.shape[1] - batch.shift]
                 loss = distillation_loss(batch, logits)
@@ -144,15 +151,19 @@ def heal(
                     if options["patience"] and since >= options["patience"] and not last:
                         stopped = "early stopping (held-out KL did not improve)"
                         break
+        if best_state is not None:
+            with torch.no_grad():
+                for param, value in zip(params, best_state, strict=True):
+                    param.copy_(value.to(param.device))
+        if lora is not None:
+            lora.merge()  # a plain transformers model again, measured and saved as such
     finally:
+        if lora is not None:  # when training failed: back to the weights before healing (no-op once merged)
+            lora.discard()
         for p in model.parameters():
             p.requires_grad_(flags.get(id(p), True))
             p.grad = None
         model.train(was_training)
-    if best_state is not None:
-        with torch.no_grad():
-            for param, value in zip(params, best_state, strict=True):
-                param.copy_(value.to(param.device))
     steps_run = len(losses)
     after = held_out_kl()
     record: dict[str, Any] = {
@@ -161,6 +172,7 @@ def heal(
         "options": dict(options),
         "train_rows": len(teacher.rows),
         "trained_parameters": sum(p.numel() for p in params),
+        **({"lora": lora.record(options)} if lora else {}),
         "train_kl_first": losses[0] if losses else None,
         "train_kl_last": sum(losses[-options["eval_every"] :]) / len(losses[-options["eval_every"] :])
         if losses

@@ -161,6 +161,10 @@ def _check_healing(model: torch.nn.Module, config: MoEPruneConfig) -> None:
         raise NotImplementedError(
             "healing under torch.distributed is not supported yet: run the prune in one process."
         )
+    if config.healing.get("lora"):
+        from hf_moe_prune.healing.lora import check_lora
+
+        check_lora(model, config.healing)  # targets and dropout, from the module structure alone
     placements = set((getattr(model, "hf_device_map", None) or {}).values())
     if placements & {"cpu", "disk"} and len(placements) > 1:
         raise ValueError(
