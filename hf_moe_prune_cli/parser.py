@@ -244,6 +244,22 @@ def _add_calibrate(sub) -> None:
     _add_output(calibrate, "folder for the statistics (statistics.safetensors + statistics.json)")
 
 
+def _add_export_gguf(sub) -> None:
+    export = _subparser(
+        sub,
+        "export-gguf",
+        "write a uniformly pruned checkpoint as one GGUF file for llama.cpp",
+        "Write the saved (uniformly pruned) checkpoint MODEL as one GGUF file: llama.cpp's tensor names, the pruned "
+        "expert count, the byte-level BPE tokenizer. Families: qwen3_moe, qwen2_moe, olmoe; for the others run "
+        "llama.cpp's convert_hf_to_gguf.py on the folder (uniform checkpoints are stock).",
+    )
+    export.add_argument("model", metavar="MODEL", help="a saved checkpoint folder")
+    export.add_argument("--output", metavar="FILE", required=True, help="the .gguf file to write (must not exist)")
+    export.add_argument("--dtype", dest="gguf_dtype", choices=["f16", "f32"], default="f16", help="matrices (f16)")
+    export.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    export.add_argument("--quiet", action="store_true", help="no progress bars or info messages")
+
+
 def _add_inspect(sub) -> None:
     inspect = _subparser(
         sub,
@@ -322,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{prune,calibrate,inspect,eval,plan}")
-    for add in (_add_prune, _add_calibrate, _add_inspect, _add_eval, _add_plan):
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{prune,calibrate,inspect,eval,plan,export-gguf}"
+    )
+    for add in (_add_prune, _add_calibrate, _add_inspect, _add_eval, _add_plan, _add_export_gguf):
         add(sub)
     return parser

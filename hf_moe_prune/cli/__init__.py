@@ -5,6 +5,7 @@
     hf-moe-prune prune   [MODEL] --method reap --ratio 0.5 --calibration data.jsonl --output DIR
     hf-moe-prune calibrate [MODEL] --calibration data.jsonl --output STATS [--streaming]
     hf-moe-prune prune   [MODEL] --statistics STATS --ratio 0.25 --output DIR
+    hf-moe-prune export-gguf PRUNED_DIR --output model.gguf
     hf-moe-prune inspect [MODEL] [--calibration ...] [--plan PLAN] --output DIR
     hf-moe-prune eval    [MODEL] [--reference BASE] [--data ...] [--tasks ...]
     hf-moe-prune plan show PLAN_OR_FOLDER
@@ -27,6 +28,7 @@ from hf_moe_prune.cli.calibrate import run_calibrate
 from hf_moe_prune.cli.checks import UsageError, check_args
 from hf_moe_prune.cli.common import setup_logging
 from hf_moe_prune.cli.evaluate import run_eval
+from hf_moe_prune.cli.gguf import run_export_gguf
 from hf_moe_prune.cli.inspect import run_inspect
 from hf_moe_prune.cli.parser import build_parser
 from hf_moe_prune.cli.plan import run_plan_apply, run_plan_show
@@ -39,6 +41,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 COMMANDS: dict[tuple[str, str | None], Callable[[argparse.Namespace], dict[str, Any]]] = {
     ("prune", None): run_prune,
     ("calibrate", None): run_calibrate,
+    ("export-gguf", None): run_export_gguf,
     ("inspect", None): run_inspect,
     ("eval", None): run_eval,
     ("plan", "show"): run_plan_show,

@@ -82,6 +82,12 @@ def check_args(args: argparse.Namespace) -> None:
     _check_sources(getattr(args, "data", None) or getattr(args, "eval_data", None), "evaluation data")
     if getattr(args, "plan", None):
         _check_plan(args.plan)
+    if command == "export-gguf":
+        if os.path.exists(args.output):
+            raise UsageError(f"--output {args.output!r} exists; nothing was written. Choose a new file name.")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+            raise UsageError(f"--output {args.output!r}: its folder does not exist.")
+        return
     _check_output(args)
     fixture_data = is_fixture_based(args.model) if command != "plan" else False
     if command == "inspect" and not args.calibration and not fixture_data:

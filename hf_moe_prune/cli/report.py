@@ -136,6 +136,13 @@ def _print_apply(report: dict[str, Any]) -> None:
         print(f"  pushed: {report['hub']}")
 
 
+def _print_gguf(report: dict[str, Any]) -> None:
+    print(
+        f"Wrote {report['output']} ({report['bytes'] / 1e6:.2f} MB): {report['architecture']}, {report['tensors']} "
+        f"tensors, {report['expert_count']} experts ({report['expert_used_count']} per token)"
+    )
+
+
 def _print_calibrate(report: dict[str, Any]) -> None:
     print(
         f"Calibrated {report['model']}: {report['blocks']} MoE layers, {report['rows']} rows x {report['seq_len']} "
@@ -157,4 +164,5 @@ def print_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
         (_print_plan if args.action == "show" else _print_apply)(report)
     else:
         printers = {"prune": _print_prune, "calibrate": _print_calibrate, "inspect": _print_inspect}
+        printers["export-gguf"] = _print_gguf
         printers.get(args.command, _print_eval)(report)
