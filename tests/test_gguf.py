@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_moe_prune
 from hf_moe_prune import MoEPruneConfig
@@ -22,7 +22,7 @@ SMALL = {"num_samples": 12, "seq_len": 64, "batch_size": 4}
 def _pruned(fixture: str, folder, **kwargs):
     model = AutoModelForCausalLM.from_pretrained(fixture_path(fixture))
     plan = hf_moe_prune.prune(model, MoEPruneConfig(calibration=mixed_texts(), **SMALL, **kwargs), progress=False)
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, tokenizer=AutoTokenizer.from_pretrained(fixture_path(fixture)))
     return plan
 
 

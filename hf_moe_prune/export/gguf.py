@@ -110,7 +110,15 @@ def _metadata(writer, config: dict[str, Any], arch: str) -> None:
 def _vocabulary(writer, folder: Path, vocab_size: int, pre: str) -> None:
     import gguf
 
-    vocab = gguf.BpeVocab(folder)  # GPT-2 style byte-level BPE, as the supported families use
+    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.json").is_file():
+        raise FileNotFoundError(
+            f"{folder} holds no tokenizer (tokenizer.json): save the model with it, "
+            "model.save_pretrained(dir, tokenizer=tok), or copy the original model's tokenizer files there."
+        )
+    try:
+        vocab = gguf.BpeVocab(folder)  # GPT-2 style byte-level BPE, as the supported families use
+    except FileNotFoundError as error:
+        raise ValueError(f"{folder}: the tokenizer is not a byte-level BPE tokenizer ({error}).") from None
     tokens, types = [], []
     for text, _, kind in vocab.all_tokens():
         tokens.append(text if isinstance(text, bytes) else str(text).encode())
