@@ -112,13 +112,25 @@ def test_a_healed_checkpoint_reloads_exactly(held_out_fixture, tmp_path, allocat
     assert "## Healing" in card and "6 steps" in card
 
 
-def test_from_pretrained_heals_after_a_full_load(held_out_fixture):
-    _, rows = held_out_fixture
+def test_streaming_heals_like_a_full_load(held_out_fixture):
+    """The layer-by-layer pass carries the scoring rows through the unpruned layers: their final hidden states give
+    the same teacher targets as the full forward, so the streamed, compact model heals as the fully loaded one."""
+    model, rows = held_out_fixture
+    config = MoEPruneConfig("reap", 0.5, calibration=rows, healing={"steps": 6, "eval_every": 3}, **HELD_OUT)
+    streamed = hf_moe_prune.stream_prune(fixture_path("qwen3_moe"), config, progress=False)
+    loaded = AutoModelForCausalLM.from_pretrained(fixture_path("qwen3_moe"), pruning_config=config)  # streams
+    full, plan = pruned_copy(model, method="reap", ratio=0.5, calibration=rows, healing={"steps": 6, "eval_every": 3})
+    for healed in (streamed, loaded):
+        record = healed.moe_pruning_plan.healing
+        assert record["steps"] == 6 and healed.moe_pruning_plan.calibration.get("streaming")
+        assert record["held_out_kl_after"] < record["held_out_kl_before"]
+        assert record["held_out_kl_after"] == pytest.approx(plan.healing["held_out_kl_after"], rel=1e-3)
+    ids = rows[:2]
+    with torch.no_grad():
+        torch.testing.assert_close(streamed(ids).logits, full(ids).logits, rtol=1e-3, atol=1e-3)
     config = MoEPruneConfig("reap", 0.5, calibration=rows, healing=3, **HELD_OUT)
-    with pytest.raises(hf_moe_prune.streaming.StreamingRefused, match="healing"):
-        hf_moe_prune.stream_prune(fixture_path("qwen3_moe"), config)
-    model = AutoModelForCausalLM.from_pretrained(fixture_path("qwen3_moe"), pruning_config=config)
-    assert model.moe_pruning_plan.healing["steps"] == 3
+    with pytest.raises(hf_moe_prune.streaming.StreamingRefused, match="healing distils toward the unpruned"):
+        hf_moe_prune.stream_prune(fixture_path("qwen3_moe"), config, propagation="pruned")
 
 
 def test_options_are_checked_before_calibration(held_out_fixture):

@@ -21,6 +21,8 @@
    compact model is the only model ever materialized. It then runs whole on the held-out rows, and
    `PrunePlan.quality` compares it with the targets (`mode: "streaming"`; the same numbers as after a full load, to
    float rounding).
+   With `healing`, the scoring rows' last hidden states give the unpruned model's targets the same way, and the
+   compact model is distilled toward them after loading (`hf_moe_prune.healing`).
 
 Needs forward statistics only: methods with a `fit` (gradients: `compel`, `diep`), allocations that re-run the model
 (`evolutionary`) or record block inputs (`outlier`), and compensation (`fisher` re-runs blocks, `merge` reads the
@@ -29,29 +31,26 @@ dropped experts) need the whole model; they are refused with that reason. Requir
 
 from __future__ import annotations
 
-import copy
-import os
-import re
 import time
 from typing import Any
 
 import torch
 
 from hf_moe_prune.adapters import get_adapter
-from hf_moe_prune.calibration.artifact import CalibrationStatistics
 from hf_moe_prune.calibration.runner import peak_rss_kib
 from hf_moe_prune.calibration.stats import LayerStats
 from hf_moe_prune.config import MoEPruneConfig
 from hf_moe_prune.reshape import check_same_count, set_expert_count
-from hf_moe_prune.streaming.checkpoint import Checkpoint, Loader, StreamingRefused, check_against_config
-from hf_moe_prune.streaming.layers import calibrate, decoder_layers, head_teacher, load_compact
+from hf_moe_prune.streaming.checkpoint import Checkpoint, StreamingRefused, check_against_config
+from hf_moe_prune.streaming.layers import calibrate, head_teacher, load_compact
 from hf_moe_prune.streaming.refusals import (
     PROPAGATIONS,
     check_streamable,
-    layout_refusal,
     pruned_checkpoint_refusal,
     streaming_refusal,
 )
+from hf_moe_prune.streaming.skeleton import open_checkpoint
+from hf_moe_prune.streaming.statistics import stream_statistics
 
 __all__ = [
     "PROPAGATIONS",
@@ -70,26 +69,6 @@ def peak_rss_gb() -> float:
     return peak_rss_kib() / 2**20
 
 
-def _skeleton(model_config, dtype, model_class=None):
-    """The model `model_config` describes, built on the current (meta) device: `model_class` if given, else the
-    checkpoint's own architecture (multimodal parents such as Qwen3-Omni's thinker), else `AutoModelForCausalLM`'s."""
-    import transformers
-
-    if model_class is None:
-        names = getattr(model_config, "architectures", None) or []
-        model_class = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), None)
-    if model_class is not None:
-        return model_class._from_config(model_config, dtype=dtype)
-    try:
-        return transformers.AutoModelForCausalLM.from_config(model_config, dtype=dtype)
-    except ValueError as error:
-        raise StreamingRefused(
-            f"Streaming cannot tell which model class builds this {model_config.model_type} checkpoint (its config "
-            "names no `architectures`): pass `model_class=` to `stream_prune`, or load with that class's "
-            "`from_pretrained`."
-        ) from error
-
-
 def _teacher(model, layers, job, finals, quality):
     """The unpruned model's records on the held-out rows from their last hidden states, or None and why not."""
     from hf_moe_prune.calibration.teacher import NotALanguageModel
@@ -105,100 +84,6 @@ def _teacher(model, layers, job, finals, quality):
         return head_teacher(model, layers, job.eval_rows, finals, job.config.batch_size), None
     except NotALanguageModel as error:
         return None, {"skipped": str(error).rstrip(".")}
-
-
-def _resolve(path: str, **hub_kwargs) -> str:
-    if os.path.isdir(path):
-        return path
-    from huggingface_hub import snapshot_download
-
-    # The files land on disk, never all in memory: only the layer being calibrated or loaded is read.
-    return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"], **hub_kwargs)
-
-
-def _open(path, make_job, dtype, model_class, model_config, hub_kwargs):
-    """The checkpoint's skeleton with everything outside the decoder layers loaded, its job (`make_job(model,
-    tokenizer)`, checked before any weight is read), and the readers of its files."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig
-
-    from hf_moe_prune.pipeline import tokenizer_at
-
-    folder = _resolve(path, **hub_kwargs)
-    if model_config is None:
-        model_config = AutoConfig.from_pretrained(folder)
-    else:  # the caller's (from_pretrained's, with its attn_implementation, ...): never modified
-        model_config = copy.deepcopy(model_config)
-    refusal = pruned_checkpoint_refusal(model_config)
-    if refusal is not None:
-        raise StreamingRefused(f"Cannot stream-prune {path}: {refusal}")
-    if getattr(model_config, "is_encoder_decoder", False):
-        raise StreamingRefused(
-            f"Streaming (plan before load) runs one stack of decoder layers; {model_config.model_type} is an "
-            "encoder-decoder model. Load it first and prune it (streaming=False)."
-        )
-    if isinstance(dtype, str) and dtype != "auto":
-        dtype = getattr(torch, dtype)
-    if dtype in (None, "auto"):
-        dtype = getattr(model_config, "dtype", None) or getattr(model_config, "torch_dtype", None) or torch.float32
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    with init_empty_weights(include_buffers=False):  # parameters on meta; buffers (rotary tables) computed for real
-        model = _skeleton(model_config, dtype, model_class)
-    model.config.name_or_path = path
-    model.eval()
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()  # so that tied embeddings count once
-    job = make_job(model, tokenizer_at(folder))
-    checkpoint = Checkpoint(folder)
-    loader = Loader(model, folder, dtype)
-    # A config that disagrees with the weights would otherwise leave meta parameters that fail deep in a kernel.
-    check_against_config(model, checkpoint, loader, path)
-    layers_name, layers = decoder_layers(model, job.blocks)
-    groups: dict[int | None, dict[str, str]] = {}
-    for key in checkpoint.keys:
-        runtime, _ = loader.runtime_key(key)
-        match = re.match(rf"^{re.escape(layers_name)}\.(\d+)\.", runtime)
-        groups.setdefault(int(match.group(1)) if match else None, {})[key] = runtime
-    # Everything outside the decoder layers.
-    loader.load(model, {k: checkpoint.slice(k) for k in groups.get(None, {})})
-    return model, job, checkpoint, loader, layers, groups, folder
-
-
-def stream_statistics(
-    path: str,
-    config: MoEPruneConfig,
-    tokenizer: Any = None,
-    *,
-    dtype: torch.dtype | str | None = None,
-    progress: bool = True,
-    model_class: type | None = None,
-    model_config=None,
-    **hub_kwargs,
-):
-    """Gather every statistic of the checkpoint at `path` layer by layer (`hf_moe_prune.calibrate` on a path): one
-    decoder layer in memory at a time, as `stream_prune` calibrates; the held-out rows are stored, not run.
-
-    Returns:
-        `CalibrationStatistics`, with the same sums as a full-load `calibrate` (to float rounding).
-    """
-    from hf_moe_prune.pipeline import calibration_job
-    from hf_moe_prune.pipeline.statistics import available_statistics, fingerprint, routing_facts
-
-    def make_job(model, found_tokenizer):
-        job = calibration_job(model, config, tokenizer or found_tokenizer)
-        refusal = layout_refusal(job.blocks)
-        if refusal is not None:
-            raise StreamingRefused(refusal)
-        return job
-
-    model, job, checkpoint, loader, layers, groups, _ = _open(
-        path, make_job, dtype, model_class, model_config, hub_kwargs
-    )
-    held_out, job.eval_rows = job.eval_rows, None  # stored for later measurements, not run now
-    names = available_statistics(job.blocks)
-    stats, _ = calibrate(model, job, layers, groups, checkpoint, loader, names, "dense", {}, progress)
-    facts = routing_facts(job.blocks)  # routers are not loaded on the skeleton: no checksum while streaming
-    return CalibrationStatistics(stats, facts, fingerprint(model, config, job.rows, held_out, names), held_out)
 
 
 def stream_prune(
@@ -244,19 +129,27 @@ def stream_prune(
         check_streamable(config, job.method, propagation, job.blocks)
         return job
 
-    opened = _open(path, make_job, dtype, model_class, model_config, hub_kwargs)
+    opened = open_checkpoint(path, make_job, dtype, model_class, model_config, hub_kwargs)
     model, job, checkpoint, loader, layers, groups, folder = opened
     params_before = sum(p.numel() for p in model.parameters())
     requires, _, _ = statistics_needed(job)
     stats = {b.name: LayerStats(b.num_experts) for b in job.blocks}
     kept_so_far: dict[str, list[int]] = {}
     teacher, quality = None, {"skipped": job.eval_skipped} if job.eval_skipped else None
+    scoring_finals = None
     if job.rows is not None or job.eval_rows is not None:
-        observed, finals = calibrate(
+        observed, finals, scoring_finals = calibrate(
             model, job, layers, groups, checkpoint, loader, requires, propagation, kept_so_far, progress
         )
         stats.update(observed)
         teacher, quality = _teacher(model, layers, job, finals, quality)
+    train_teacher = None
+    if scoring_finals is not None:
+        # the unpruned model's targets on the scoring rows, from the same dense pass (before any layer is pruned)
+        train_teacher = head_teacher(
+            model, layers, job.rows, scoring_finals, config.batch_size, config.healing["top_k"]
+        )
+        del scoring_finals
     if job.statistics is not None:  # decided from saved sums; the pass above only carried the held-out rows
         stats.update(job.statistics.blocks)
     plan = decide(job, model.config, stats, None, {"config": config, "seed": config.seed}, time.perf_counter() - start)
@@ -278,6 +171,19 @@ def stream_prune(
     from hf_moe_prune.export.attach import attach_plan
 
     plan.parameters = {"before": params_before, "after": sum(p.numel() for p in model.parameters())}
+    if train_teacher is not None:  # healing: the compact model distilled toward the dense pass's outputs
+        from hf_moe_prune.healing import heal
+
+        plan.healing = heal(
+            model,
+            train_teacher,
+            config.healing,
+            held_out=teacher,
+            measure=measure,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            progress=progress,
+        )
     if teacher is not None:  # the compact model, whole: measured as after a full load
         quality = {**measure(model, teacher, config.batch_size, progress), **STREAMING}
     finish(plan, job, quality)

@@ -27,8 +27,8 @@ from hf_moe_prune.export.elastic import ELASTIC_KEY, choose_size, elastic_block,
 from hf_moe_prune.export.portable import read_config_dict
 from hf_moe_prune.pipeline.checks import check_plan
 from hf_moe_prune.reshape import set_expert_count
-from hf_moe_prune.streaming import _open
 from hf_moe_prune.streaming.layers import load_compact
+from hf_moe_prune.streaming.skeleton import open_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def load_size(
     def make_job(model, _tokenizer):
         return SimpleNamespace(blocks=find_blocks(model, get_adapter(model)))
 
-    model, job, checkpoint, loader, layers, groups, folder = _open(
+    model, job, checkpoint, loader, layers, groups, folder = open_checkpoint(
         path, make_job, dtype, model_class, model_config, hub_kwargs
     )
     plan = read_plan(folder, index)

@@ -82,8 +82,8 @@ def _run_layer(layer, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.
 def calibrate(model, job, layers, groups, checkpoint, loader, requires, propagation, kept_so_far, progress):
     """One pass over the decoder layers, each loaded once: the scoring rows run through it with the observers
     attached (statistics per block), the held-out rows (`job.eval_rows`) after the observers are detached, always
-    through the unpruned layer. Returns the statistics and the held-out rows' last hidden states per batch (None
-    without held-out rows)."""
+    through the unpruned layer. Returns the statistics, the held-out rows' last hidden states per batch (None
+    without held-out rows) and, when the job heals, the scoring rows' last hidden states per batch (else None)."""
     from hf_moe_prune.pipeline import statistics_needed
 
     config = job.config
@@ -131,16 +131,20 @@ def calibrate(model, job, layers, groups, checkpoint, loader, requires, propagat
                 held_hidden = [_run_layer(layer, h, *held[b][i]) for b, h in enumerate(held_hidden)]
         release(layer)
         bar.set_postfix(peak_memory(), refresh=False)
-    return stats, held_hidden if held else None
+    # the scoring rows after the last unpruned layer: healing's teacher (dense propagation only)
+    scoring = hidden if getattr(job.config, "healing", None) and propagation == "dense" and captured else None
+    return stats, held_hidden if held else None, scoring
 
 
-def head_teacher(model, layers: nn.ModuleList, rows: torch.Tensor, finals: list[torch.Tensor], batch_size: int):
+def head_teacher(
+    model, layers: nn.ModuleList, rows: torch.Tensor, finals: list[torch.Tensor], batch_size: int, top_k: int = 32
+):
     """`TeacherRecords` of `rows` from their hidden states after the last decoder layer (`finals`, per batch): the
     model's own forward runs with every decoder layer replaced by one that returns them, so the family's final norm,
     LM head (and any logit processing) turn them into logits; the layers' weights are not needed."""
     from hf_moe_prune.calibration.teacher import TeacherRecorder, logits_of, shift_of
 
-    recorder = TeacherRecorder(shift=shift_of(model))
+    recorder = TeacherRecorder(top_k, shift=shift_of(model))
     extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
     for batch, start in enumerate(range(0, len(rows), batch_size)):
         ids = rows[start : start + batch_size]

@@ -96,8 +96,8 @@ def streaming_refusal(
     if allocator is not None and not allocator.streams and not allocator.searches:
         needs = "re-runs the model" if allocator.reads_model else "records block inputs"
         reasons.append(f"allocation {config.allocation!r} {needs}")
-    if getattr(config, "healing", None):
-        reasons.append("healing trains the whole pruned model against the unpruned one's outputs on every row")
+    if getattr(config, "healing", None) and propagation == "pruned":
+        reasons.append("healing distils toward the unpruned model, whose outputs pruned-prefix propagation never has")
     compensator = COMPENSATIONS.get(config.compensation)
     if compensator.searches:
         reasons.append(f"compensation {config.compensation!r} judges candidate plans on the whole model")
