@@ -2,6 +2,7 @@
 
     python benchmarks/healing.py [--write]            # every trained fixture, ratios 0.25 and 0.5
     python benchmarks/healing.py --fixtures olmoe --ratios 0.5 --steps 50 200
+    python benchmarks/healing.py --fixtures deepseek_v3 --ratios 0.5 --options '{"train": ["all"]}' --section X
 
 For each fixture and ratio the fixture is pruned with `method="auto"` and a time budget that judges every candidate
 (the best plan the held-out rows find, its compensation included) on the mixed-domain calibration set, then healed
@@ -96,7 +97,9 @@ def child(fixture: str, ratio: float, steps: list[int], heal_on: bool, args) -> 
     out["callback_seconds"] = 0.0  # only the evaluations inside the healing run are taken off its time
     if heal_on:
         every = math.gcd(25, *steps)  # measured at every point of the table, and every 25 steps for the stop rule
-        options = MoEPruneConfig("reap", ratio, healing={"steps": max(steps), "patience": 0, "eval_every": every})
+        overrides = json.loads(args.options)
+        healing = {"steps": max(steps), "patience": 0, "eval_every": every, **overrides}
+        options = MoEPruneConfig("reap", ratio, healing=healing)
         options = options.healing
         marks = set(steps)
         record = heal(
@@ -137,6 +140,8 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--eval-rows", type=int, default=64)
+    parser.add_argument("--options", default="{}", help="healing options over the defaults, as JSON")
+    parser.add_argument("--section", default="healing", help="RESULTS.md section to write")
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--child", nargs=3, metavar=("FIXTURE", "RATIO", "HEAL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -145,7 +150,7 @@ def main() -> None:
         print(json.dumps(child(fixture, float(ratio), args.steps, heal_on == "1", args)))
         return
     common = ["--steps", *map(str, args.steps), "--num-samples", str(args.num_samples), "--seq-len", str(args.seq_len)]
-    common += ["--eval-rows", str(args.eval_rows)]
+    common += ["--eval-rows", str(args.eval_rows), "--options", args.options]
     lines = [
         "| fixture | ratio | plan (`auto`) | steps | test ppl | gap closed | test KL | top-1 | held-out KL | "
         "heal time / calibration pass | peak RSS GB (no healing → healing) |",
@@ -182,7 +187,8 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if args.write:
-        write_section("healing", body)
+        options = f"Healing options over the defaults: `{args.options}`.\n\n" if args.options != "{}" else ""
+        write_section(args.section, options + body)
 
 
 if __name__ == "__main__":
