@@ -103,7 +103,7 @@ def test_unsupported_family_lists_the_supported_ones():
 
 def test_both_pruning_and_quantization_config(checkpoints):
     config = MoEPruneConfig(method="random", ratio=0.5)
-    with pytest.raises(ValueError, match="either pruning_config= or quantization_config="):
+    with pytest.raises(ValueError, match="Pass the pruning config once"):
         AutoModelForCausalLM.from_pretrained(checkpoints["olmoe"], pruning_config=config, quantization_config=config)
 
 

@@ -131,6 +131,8 @@ def stream_prune(
 
     opened = open_checkpoint(path, make_job, dtype, model_class, model_config, hub_kwargs)
     model, job, checkpoint, loader, layers, groups, folder = opened
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()  # loading the embeddings replaced the parameter a tied LM head shares: count it once
     params_before = sum(p.numel() for p in model.parameters())
     requires, _, _ = statistics_needed(job)
     stats = {b.name: LayerStats(b.num_experts) for b in job.blocks}
