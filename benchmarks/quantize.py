@@ -96,7 +96,8 @@ def main() -> None:
         "byte per quantized weight). Perplexity on the held-out evaluation text of every domain; KL and top-1 against "
         "the unpruned float32 model. CPU, float32 compute.",
         "",
-        "| fixture | model | quantizer (same load) | checkpoint MB | memory MB | test ppl | KL | top-1 | experts quantized |",
+        "| fixture | model | quantizer (same load) | checkpoint MB | memory MB | test ppl | KL | top-1 "
+        "| experts quantized |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for fixture in args.fixtures:
