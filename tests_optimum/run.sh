@@ -2,6 +2,7 @@
 # Optimum tests, each backend in its own virtual environment (they pin transformers; README, "Optimum"):
 #   OpenVINO:     optimum-intel[openvino] 2.2.0 -> transformers 5.5.4, optimum 2.3.0 (torchvision removed again)
 #   ONNX Runtime: optimum-onnx[onnxruntime] 0.1.0 -> transformers 4.57.6, optimum 2.1.0
+#   llm-compressor: llmcompressor 0.14.0.1 -> transformers 5.17 (quantizes a pruned checkpoint's experts too)
 # The environments live in $HF_MOE_PRUNE_VENVS (default .venvs/) and are reused while their pins are unchanged.
 # The main environment (the active one, else .venv) prunes the checkpoints that the ONNX Runtime tests export, since
 # the library cannot prune under transformers 4.57; the OpenVINO tests prune in their own environment.
@@ -19,8 +20,10 @@ LIGHT="tqdm jinja2 safetensors huggingface-hub accelerate pytest"  # the library
 declare -A PINS=(
   [ov]="optimum-intel[openvino]==2.2.0 torchvision==0.28.0"  # optimum-intel hard-requires torchvision (unpinned)
   [ort]="optimum-onnx[onnxruntime]==0.1.0"
+  [llmc]="llmcompressor==0.14.0.1"
 )
 declare -A TESTS=([ov]=tests_optimum/test_openvino.py [ort]=tests_optimum/test_ort.py)
+TESTS[llmc]=tests_optimum/test_llm_compressor.py
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$VENVS"
@@ -44,7 +47,8 @@ make_env() {
     echo "$ROOT" > "$env/.editable"
   fi
   "$env/bin/python" -c "import importlib.metadata as m; print('$name:', ', '.join(p + ' ' + m.version(p) for p in
-    ('torch', 'transformers', 'optimum', 'optimum-intel' if '$name' == 'ov' else 'optimum-onnx')))"
+    {'ov': ('torch', 'transformers', 'optimum', 'optimum-intel'), 'ort': ('torch', 'transformers', 'optimum',
+     'optimum-onnx'), 'llmc': ('torch', 'transformers', 'llmcompressor', 'compressed-tensors')}['$name']))"
 }
 
 run_backend() {
@@ -52,18 +56,21 @@ run_backend() {
   make_env "$name" 2>&1 | grep -v "^WARNING: Location" || true
   test -f "$VENVS/$name/.pins" || { echo "$name: environment could not be built"; return 1; }
   echo "$name: environment ready in $((SECONDS - start)) s"
-  if [ "$name" = ort ]; then  # the checkpoints are pruned meanwhile by the main environment
+  if [ "$name" != ov ]; then  # the checkpoints are pruned meanwhile by the main environment
     while [ ! -e "$WORK/checkpoints.done" ]; do sleep 1; done
-    [ -s "$WORK/checkpoints.done" ] || { echo "ort: no checkpoints (see above)"; return 1; }
+    [ -s "$WORK/checkpoints.done" ] || { echo "$name: no checkpoints (see above)"; return 1; }
     export HF_MOE_PRUNE_OPTIMUM_CHECKPOINTS=$WORK/checkpoints
   fi
-  "$VENVS/$name/bin/python" -m pytest "${TESTS[$name]}" tests_optimum/test_errors.py -q -p no:cacheprovider \
-    -p no:warnings
+  local errors=tests_optimum/test_errors.py
+  if [ "$name" = llmc ]; then errors=; fi  # no Optimum there
+  # shellcheck disable=SC2086
+  "$VENVS/$name/bin/python" -m pytest "${TESTS[$name]}" $errors -q -p no:cacheprovider -p no:warnings -s
 }
 
 START=$SECONDS
 run_backend ov > "$WORK/ov.log" 2>&1 & OV=$!
 run_backend ort > "$WORK/ort.log" 2>&1 & ORT=$!
+run_backend llmc > "$WORK/llmc.log" 2>&1 & LLMC=$!
 if "$MAIN" tests_optimum/checkpoints.py "$WORK/checkpoints" > "$WORK/checkpoints.log" 2>&1; then
   echo ok > "$WORK/checkpoints.done"
 else
@@ -74,5 +81,7 @@ wait $OV || status=1
 echo "=== OpenVINO ==="; cat "$WORK/ov.log"
 wait $ORT || status=1
 echo "=== ONNX Runtime ==="; cat "$WORK/ort.log"
+wait $LLMC || status=1
+echo "=== llm-compressor ==="; cat "$WORK/llmc.log"
 echo "tests_optimum/run.sh: $((SECONDS - START)) s"
 exit $status
