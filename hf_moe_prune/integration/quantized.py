@@ -60,7 +60,15 @@ def prune_and_quantize(load, cls, args: tuple, kwargs: dict, request: MoEPruneCo
     with tempfile.TemporaryDirectory(prefix="hf_moe_prune_quantize_") as folder:
         pruned.save_pretrained(folder, overwrite=True)
         del pruned
-        model = load(cls, folder, **quantized_kwargs, **rest)
+        try:
+            model = load(cls, folder, **quantized_kwargs, **rest)
+        except Exception as error:  # the pruning worked; say which step failed and what to do instead
+            method = getattr(kwargs["quantization_config"], "quant_method", "the quantizer")
+            raise RuntimeError(
+                f"Pruning worked, but {getattr(method, 'value', method)} could not load the pruned model "
+                f"({type(error).__name__}: {error}). Prune and save without quantization_config, then quantize the "
+                "saved folder with other settings or another quantizer."
+            ) from error
     model.config.name_or_path = source
     attach_plan(model, plan)
     warn_unquantized_experts(model, kwargs["quantization_config"])
