@@ -63,14 +63,14 @@ def rows_for(fixture: str, args) -> list[str]:
         for name, quantization in _quantizers().items():
             request = MoEPruneConfig("reap", args.ratio, calibration=mixed_texts(), num_samples=args.num_samples)
             extra = {"quantization_config": quantization, "device_map": "cpu"} if quantization is not None else {}
-            try:
+            try:  # bitsandbytes' CPU kernels convert the weights at the first forward: evaluate inside
                 model = AutoModelForCausalLM.from_pretrained(path, pruning_config=request, **extra)
-            except Exception as error:  # a quantizer that cannot take this model: say so, keep the others
+                result = evaluate(model, tokenizer, texts, reference=reference, **kwargs).overall
+            except Exception as error:  # a quantizer that cannot run this model: say so, keep the others
                 reason = str(error).strip().splitlines()[-1][:80] if str(error).strip() else type(error).__name__
                 lines.append(f"| {fixture} | reap {args.ratio} | {name} | failed: {reason} | | | | | |")
                 print(lines[-1], flush=True)
                 continue
-            result = evaluate(model, tokenizer, texts, reference=reference, **kwargs).overall
             folder = Path(tmp) / name.replace(" ", "_")
             model.save_pretrained(folder)
             experts = [p for b in find_blocks(model) for p in b.experts.parameters() if p.dim() == 3]
