@@ -20,16 +20,14 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section  # noqa: E402
+from _results import median_seconds, write_section  # noqa: E402
 from memory import write_checkpoint  # noqa: E402
 
 import hf_moe_prune  # noqa: E402
@@ -40,13 +38,7 @@ RATIOS = (0.25, 0.5, 0.75)
 
 
 def _median(fn, repeats: int) -> float:
-    fn()  # warm-up: first calls pay for lazy imports and kernel caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(fn, repeats)  # one warm-up run first: lazy imports and kernel caches
 
 
 def fixture_rows(name: str, args, folder: Path) -> list[str]:

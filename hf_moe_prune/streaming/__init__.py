@@ -40,16 +40,16 @@ from hf_moe_prune.adapters import get_adapter
 from hf_moe_prune.calibration.runner import peak_rss_kib
 from hf_moe_prune.calibration.stats import LayerStats
 from hf_moe_prune.config import MoEPruneConfig
-from hf_moe_prune.reshape import check_same_count, set_expert_count
+from hf_moe_prune.reshape import check_same_count
 from hf_moe_prune.streaming.checkpoint import Checkpoint, StreamingRefused, check_against_config
-from hf_moe_prune.streaming.layers import calibrate, head_teacher, load_compact
+from hf_moe_prune.streaming.layers import calibrate, head_teacher
 from hf_moe_prune.streaming.refusals import (
     PROPAGATIONS,
     check_streamable,
     pruned_checkpoint_refusal,
     streaming_refusal,
 )
-from hf_moe_prune.streaming.skeleton import open_checkpoint
+from hf_moe_prune.streaming.skeleton import finish_compact, open_checkpoint
 from hf_moe_prune.streaming.statistics import stream_statistics
 
 __all__ = [
@@ -116,8 +116,6 @@ def stream_prune(
     Returns:
         `PreTrainedModel`: the compact model, with its plan attached (`model.moe_pruning_plan`).
     """
-    from transformers import GenerationConfig
-
     from hf_moe_prune.pipeline import decide, prepare, statistics_needed
     from hf_moe_prune.pipeline.measure import STREAMING, measure
     from hf_moe_prune.pipeline.run import finish
@@ -159,17 +157,7 @@ def stream_prune(
         for block_plan in plan.blocks:
             block_plan.kept = kept_so_far[block_plan.name]
     check_same_count(get_adapter(model), [b.num_kept for b in plan.blocks])
-    load_compact(model, plan, layers, groups, checkpoint, loader, progress)
-    set_expert_count(model, get_adapter(model), max(b.num_kept for b in plan.blocks))
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-    missing = [name for name, p in model.named_parameters() if p.device.type == "meta"]
-    if missing:
-        raise RuntimeError(f"The checkpoint at {path} lacks weights for {len(missing)} parameters: {missing[:5]}.")
-    try:
-        model.generation_config = GenerationConfig.from_pretrained(folder)
-    except OSError:
-        pass
+    finish_compact(model, plan, layers, groups, checkpoint, loader, folder, path, progress)
     from hf_moe_prune.export.attach import attach_plan
 
     plan.parameters = {"before": params_before, "after": sum(p.numel() for p in model.parameters())}

@@ -26,9 +26,7 @@ from hf_moe_prune.export.attach import attach_plan
 from hf_moe_prune.export.elastic import ELASTIC_KEY, choose_size, elastic_block, read_plan, storage_plan
 from hf_moe_prune.export.portable import read_config_dict
 from hf_moe_prune.pipeline.checks import check_plan
-from hf_moe_prune.reshape import set_expert_count
-from hf_moe_prune.streaming.layers import load_compact
-from hf_moe_prune.streaming.skeleton import open_checkpoint
+from hf_moe_prune.streaming.skeleton import finish_compact, open_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +54,6 @@ def load_size(
     Raises:
         `ValueError`: `path` is no elastic checkpoint, or has no size of that ratio (the message lists the sizes).
     """
-    from transformers import GenerationConfig
 
     block = elastic_block(read_config_dict(path, hub_kwargs))
     if block is None:
@@ -79,17 +76,7 @@ def load_size(
     )
     plan = read_plan(folder, index)
     check_plan(plan, job.blocks)  # a plan that does not fit these blocks fails before any expert is read
-    load_compact(model, storage_plan(plan, block), layers, groups, checkpoint, loader, progress)
-    set_expert_count(model, get_adapter(model), max(b.num_kept for b in plan.blocks))
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-    missing = [name for name, p in model.named_parameters() if p.device.type == "meta"]
-    if missing:
-        raise RuntimeError(f"The checkpoint at {path} lacks weights for {len(missing)} parameters: {missing[:5]}.")
-    try:
-        model.generation_config = GenerationConfig.from_pretrained(folder)
-    except OSError:
-        pass
+    finish_compact(model, storage_plan(plan, block), layers, groups, checkpoint, loader, folder, path, progress)
     # This model is one size, no longer the elastic checkpoint: a save must not claim the other sizes.
     model.config.__dict__.pop(ELASTIC_KEY, None)
     attach_plan(model, plan)

@@ -89,3 +89,25 @@ def open_checkpoint(path, make_job, dtype, model_class, model_config, hub_kwargs
     # Everything outside the decoder layers.
     loader.load(model, {k: checkpoint.slice(k) for k in groups.get(None, {})})
     return model, job, checkpoint, loader, layers, groups, folder
+
+
+def finish_compact(model, plan, layers, groups, checkpoint, loader, folder: str, path: str, progress: bool) -> None:
+    """Read the kept experts of `plan` into the skeleton (`load_compact`), set the expert count, re-tie the
+    embeddings, refuse parameters the files did not hold, and take the checkpoint's generation config."""
+    from transformers import GenerationConfig
+
+    from hf_moe_prune.adapters import get_adapter
+    from hf_moe_prune.reshape import set_expert_count
+    from hf_moe_prune.streaming.layers import load_compact
+
+    load_compact(model, plan, layers, groups, checkpoint, loader, progress)
+    set_expert_count(model, get_adapter(model), max(b.num_kept for b in plan.blocks))
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    missing = [name for name, p in model.named_parameters() if p.device.type == "meta"]
+    if missing:
+        raise RuntimeError(f"The checkpoint at {path} lacks weights for {len(missing)} parameters: {missing[:5]}.")
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    except OSError:
+        pass
