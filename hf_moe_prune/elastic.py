@@ -38,11 +38,11 @@ from hf_moe_prune.export.saving import _keep_model_type, model_sources, save_tok
 from hf_moe_prune.methods import METHODS
 from hf_moe_prune.pipeline import decide, default_tokenizer, prepare
 from hf_moe_prune.pipeline.measure import measure
-from hf_moe_prune.pipeline.statistics import refusal
+from hf_moe_prune.pipeline.statistics import load, refusal
 from hf_moe_prune.plan import PrunePlan
 from hf_moe_prune.registries import COMPENSATIONS
 from hf_moe_prune.reshape import check_same_count, mask_experts, slice_block
-from hf_moe_prune.statistics import calibrate, combine_statistics, load_statistics
+from hf_moe_prune.statistics import calibrate
 from hf_moe_prune.streaming.refusals import _layout_reasons
 
 __all__ = ["push_elastic", "save_elastic"]
@@ -143,14 +143,9 @@ def _request(value, ratios) -> tuple[MoEPruneConfig, CalibrationStatistics | Non
     if not isinstance(value, MoEPruneConfig):
         value = MoEPruneConfig(ratio=ratio, statistics=value)  # checks the type of a statistics value
     config = _at(value, ratio)
-    given = config.statistics
-    if given is None:
+    if config.statistics is None:
         return config, None
-    if isinstance(given, CalibrationStatistics):
-        return config, given
-    if isinstance(given, dict):
-        return config, combine_statistics(given, config.statistics_weights)
-    return config, load_statistics(given)
+    return config, load(config.statistics, config.statistics_weights)
 
 
 def _ratios(ratios) -> list[float]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from hf_moe_prune.calibration.artifact import CalibrationStatistics, combine, read_statistics
+from hf_moe_prune.calibration.artifact import CalibrationStatistics, read_statistics
 from hf_moe_prune.config import MoEPruneConfig
 from hf_moe_prune.export.atomic import publish_folder
 
@@ -107,5 +107,6 @@ def combine_statistics(
 ) -> Statistics:
     """Combine statistics of several calibration sets of one model, each weighted (equal weights by default; each
     set's share of the tokens gives exactly the statistics of the concatenated data)."""
-    loaded = {name: p if isinstance(p, CalibrationStatistics) else read_statistics(p) for name, p in parts.items()}
-    return Statistics.of(combine(loaded, weights))
+    from hf_moe_prune.pipeline.statistics import load
+
+    return Statistics.of(load(dict(parts), weights))

@@ -235,9 +235,7 @@ def combine(parts: dict[str, CalibrationStatistics], weights: dict[str, float] |
         blocks[block] = combined
     held = [p.held_out for p in parts.values() if p.held_out is not None]
     held_out = torch.cat(held) if held and len({h.shape[1] for h in held}) == 1 else None
-    fingerprint = {
-        key: first.fingerprint.get(key) for key in ("model_type", "model", "revision", "versions", "statistics")
-    }
+    fingerprint = {key: first.fingerprint.get(key) for key in ("model_type", "model", "revision", "versions")}
     fingerprint["statistics"] = sorted(common)
     fingerprint["parts"] = {
         name: {"weight": weights[name] / total_weight, **{k: parts[name].fingerprint.get(k) for k in _PART_KEYS}}

@@ -4,12 +4,11 @@ from them later (`hf-moe-prune prune MODEL --statistics DIR --ratio ...`)."""
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 from typing import Any
 
-from hf_moe_prune.bundled import fixture_path, mixed_texts
-from hf_moe_prune.cli.common import disk_bytes, is_fixture_based, load_model, log
+from hf_moe_prune.bundled import fixture_path
+from hf_moe_prune.cli.common import calibration_source, disk_bytes, load_model, log
 
 
 def calibration_config(args: argparse.Namespace):
@@ -20,17 +19,9 @@ def calibration_config(args: argparse.Namespace):
     """
     from hf_moe_prune import MoEPruneConfig
 
-    calibration: Any = args.calibration
-    if not calibration:
-        if not is_fixture_based(args.model):
-            raise ValueError("give --calibration DATA (bundled texts are used only for the bundled fixture).")
-        calibration = mixed_texts()
-    elif len(calibration) == 1:
-        calibration = calibration[0]
-    else:
-        from hf_moe_prune.calibration import iter_texts
-
-        calibration = itertools.chain.from_iterable(iter_texts(source) for source in args.calibration)
+    calibration = calibration_source(args)
+    if calibration is None:
+        raise ValueError("give --calibration DATA (bundled texts are used only for the bundled fixture).")
     return MoEPruneConfig(
         ratio=0.5,
         calibration=calibration,

@@ -72,6 +72,23 @@ def is_fixture_based(model: str | None) -> bool:
     return False
 
 
+def calibration_source(args: argparse.Namespace) -> Any:
+    """The calibration data `--calibration` names (one source as it is, several chained), the bundled texts for the
+    bundled fixture when none is given, else None."""
+    sources = getattr(args, "calibration", None)
+    if not sources:
+        from hf_moe_prune.bundled import mixed_texts
+
+        return mixed_texts() if is_fixture_based(args.model) else None
+    if len(sources) == 1:
+        return sources[0]
+    import itertools
+
+    from hf_moe_prune.calibration import iter_texts
+
+    return itertools.chain.from_iterable(iter_texts(source) for source in sources)
+
+
 def parse_sources(values: list[str]) -> dict[str, str]:
     """`[NAME=]DATA` items → `{name: data}`; the name defaults to the file stem (or the dataset name).
 

@@ -4,18 +4,17 @@ quality."""
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hf_moe_prune.bundled import fixture_path, mixed_texts
+from hf_moe_prune.bundled import fixture_path
 from hf_moe_prune.cli.common import (
+    calibration_source,
     disk_bytes,
     eval_texts,
-    is_fixture_based,
     load_model,
     log,
     push_function,
@@ -89,19 +88,11 @@ def prune_config(args: argparse.Namespace):
         budget["num_experts_to_keep"] = args.num_experts_to_keep
     elif allocation is None or isinstance(allocation, str):
         budget["ratio"] = 0.5
-    calibration: Any = args.calibration
-    if not calibration:
-        calibration = mixed_texts() if is_fixture_based(args.model) else None
-        if calibration is None and method.needs_calibration and not args.statistics:
-            raise ValueError(
-                f"method {method.name!r} needs calibration data: give --calibration DATA (or --statistics DIR)."
-            )
-    elif len(calibration) == 1:
-        calibration = calibration[0]
-    else:
-        from hf_moe_prune.calibration import iter_texts
-
-        calibration = itertools.chain.from_iterable(iter_texts(source) for source in args.calibration)
+    calibration = calibration_source(args)
+    if calibration is None and method.needs_calibration and not args.statistics:
+        raise ValueError(
+            f"method {method.name!r} needs calibration data: give --calibration DATA (or --statistics DIR)."
+        )
     return MoEPruneConfig(
         method=args.method,
         compensation=args.compensation,

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from hf_moe_prune.export.portable import MARKER
+from hf_moe_prune.export.portable import is_marked, is_pruned_config
 
 # model_type -> (llama.cpp architecture, tokenizer pre-tokenizer name)
 GGUF_ARCHITECTURES = {
@@ -31,13 +31,11 @@ GGUF_ARCHITECTURES = {
 
 def _config(folder: Path) -> dict[str, Any]:
     config = json.loads((folder / "config.json").read_text())
-    if config.get("model_type") == MARKER or "expert_widths" in json.dumps(config.get("quantization_config") or {}):
+    if is_marked(config) or is_pruned_config(config):  # how every non-uniform checkpoint is saved
         raise ValueError(
             f"{folder} is not a uniform checkpoint (its layers keep different numbers or widths of experts): "
             "llama.cpp has one expert count per model. Prune with portable=True to export it."
         )
-    if (config.get("quantization_config") or {}).get("quant_method") == "moe_prune":
-        raise ValueError(f"{folder} holds per-layer expert counts; prune with portable=True to export it to GGUF.")
     if config.get("model_type") not in GGUF_ARCHITECTURES:
         raise ValueError(
             f"GGUF export here covers {sorted(GGUF_ARCHITECTURES)}; for {config.get('model_type')!r} run llama.cpp's "

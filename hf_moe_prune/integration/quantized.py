@@ -55,8 +55,8 @@ def prune_and_quantize(load, cls, args: tuple, kwargs: dict, request: MoEPruneCo
     pruned = load(cls, *args, pruning_config=request, **pruning_kwargs)
     plan = pruned.moe_pruning_plan
     source = pruned.config.name_or_path
-    rest = {k: v for k, v in pruning_kwargs.items() if k in ("dtype", "torch_dtype", "trust_remote_code", "config")}
-    rest.pop("config", None)  # the compact checkpoint has its own (patched) config
+    # the compact checkpoint has its own (patched) config: the caller's `config=` is not passed on
+    rest = {k: v for k, v in pruning_kwargs.items() if k in ("dtype", "torch_dtype", "trust_remote_code")}
     with tempfile.TemporaryDirectory(prefix="hf_moe_prune_quantize_") as folder:
         pruned.save_pretrained(folder, overwrite=True)
         del pruned

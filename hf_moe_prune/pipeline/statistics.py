@@ -10,7 +10,13 @@ import torch
 
 from hf_moe_prune.adapters import text_config
 from hf_moe_prune.calibration import collect_stats, describe
-from hf_moe_prune.calibration.artifact import CalibrationStatistics, combine, read_statistics, router_checksum
+from hf_moe_prune.calibration.artifact import (
+    CalibrationStatistics,
+    combine,
+    read_statistics,
+    router_checksum,
+    rows_hash,
+)
 from hf_moe_prune.calibration.vocabulary import NEURON_STATISTICS, STATISTICS
 from hf_moe_prune.registries import ALLOCATIONS, COMPENSATIONS
 from hf_moe_prune.version import __version__
@@ -64,8 +70,6 @@ def fingerprint(model, config, rows: torch.Tensor, eval_rows: torch.Tensor | Non
     """Where the statistics come from: the model, the data (hash, size), the library versions."""
     import transformers
 
-    from hf_moe_prune.calibration.artifact import rows_hash
-
     model_config = model.config if hasattr(model, "config") else None
     return {
         "model": getattr(model_config, "name_or_path", None) or None,
@@ -118,12 +122,13 @@ def refusal(config, method) -> str | None:
     return None
 
 
-def load(value) -> CalibrationStatistics:
-    """A config's `statistics` value as one `CalibrationStatistics`: read folders, combine dicts."""
+def load(value, weights: dict[str, float] | None = None) -> CalibrationStatistics:
+    """A `statistics` value as one `CalibrationStatistics`: an object as it is, a folder read, a dict of them
+    combined with `weights` (`hf_moe_prune.calibration.artifact.combine`)."""
     if isinstance(value, CalibrationStatistics):
         return value
     if isinstance(value, dict):
-        return combine({name: load(v) for name, v in value.items()})
+        return combine({name: load(v) for name, v in value.items()}, weights)
     return read_statistics(value)
 
 
@@ -138,10 +143,6 @@ def resolve(model, config, blocks, method, requires: frozenset[str]) -> Calibrat
             raise ValueError(f"statistics= cannot decide this request: {why}; give `calibration` data for it.")
         logger.warning("statistics= cannot decide this request (%s): calibrating on the calibration data.", why)
         return None
-    value = config.statistics
-    if isinstance(value, dict):
-        stats = combine({name: load(v) for name, v in value.items()}, config.statistics_weights)
-    else:
-        stats = load(value)
+    stats = load(config.statistics, config.statistics_weights)
     stats.check(blocks, text_config(model.config).model_type, requires)
     return stats
