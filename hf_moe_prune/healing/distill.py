@@ -23,17 +23,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from typing import Any
 
 import torch
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 from transformers.utils.logging import is_progress_bar_enabled
 
 from hf_moe_prune.calibration.runner import model_device, model_inputs
 from hf_moe_prune.calibration.teacher import TeacherRecords, log1mexp
 from hf_moe_prune.healing.lora import LoraHealing
-from hf_moe_prune.healing.params import MasterAdamW, trainable_parameters
+from hf_moe_prune.healing.offload import LORA_OFFLOADED, offloaded_hooks, offloaded_training
+from hf_moe_prune.healing.params import MasterAdamW, trainable_modules, trainable_parameters
 
 
 def distillation_loss(teacher: TeacherRecords, logits: torch.Tensor) -> torch.Tensor:
@@ -96,74 +98,84 @@ def heal(
     def held_out_kl() -> dict[str, Any] | None:
         return None if held_out is None or measure is None else measure(model, held_out, batch_size=size)
 
-    lora = None
-    if options.get("lora"):  # one forward of one row under the adapters first: a layout peft cannot wrap fails there
-        lora = LoraHealing(model, options, probe=model_inputs(model, teacher.rows[:1].to(device)))
-    try:
-        params = lora.parameters if lora else trainable_parameters(model, options["train"])
-        if not params:
-            raise ValueError(f"healing: the model has no parameters to train under train={options['train']}.")
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
-        optimizer = MasterAdamW(params, options["lr"], options["weight_decay"])
-        before = held_out_kl()
-        history: list[dict[str, Any]] = []
-        best = (before or {}).get("kl")
-        # keep_best: the weights to end on, from the start (healing that never improves the held-out KL is undone)
-        best_state = [p.detach().to("cpu", copy=True) for p in params] if options["keep_best"] and before else None
-        since, stopped, losses = 0, "steps", []
-        order = torch.randperm(len(teacher.rows), generator=generator)
-        position = 0
-        disabled = not progress or not is_progress_bar_enabled()
-        model.eval()
-        bar = tqdm(range(options["steps"]), desc="healing", unit="step", disable=disabled)
-        for step in bar:
-            if position + size > len(order):
-                order, position = torch.randperm(len(teacher.rows), generator=generator), 0
-            pick = order[position : position + size]
-            position += size
-            batch = teacher.select_rows(pick)
-            scale = min(1.0, (step + 1) / options["warmup"]) if options["warmup"] else 1.0
-            optimizer.set_lr(options["lr"] * scale)
-            with torch.enable_grad(), lora.dropout() if lora else nullcontext():
-                output = model(**model_inputs(model, batch.rows.to(device)), use_cache=False)
-                logits = output.logits[:, : batch.rows.shape[1] - batch.shift]
-                loss = distillation_loss(batch, logits)
-                loss.backward()
-            optimizer.step(options["max_grad_norm"])
-            losses.append(float(loss.detach()))
-            bar.set_postfix(kl=f"{losses[-1]:.4f}", refresh=False)
-            last = step + 1 == options["steps"]
-            if before is not None and ((step + 1) % options["eval_every"] == 0 or last):
-                quality = held_out_kl()
-                recent = losses[-options["eval_every"] :]
-                history.append({"step": step + 1, "train_kl": sum(recent) / len(recent), "held_out_kl": quality["kl"]})
-                if callback is not None:
-                    callback(step + 1, model)
-                if quality["kl"] is not None and (best is None or quality["kl"] < best):
-                    best, since = quality["kl"], 0
-                    if options["keep_best"]:
-                        best_state = [p.detach().to("cpu", copy=True) for p in params]
-                else:
-                    since += 1
-                    if options["patience"] and since >= options["patience"] and not last:
-                        stopped = "early stopping (held-out KL did not improve)"
-                        break
-        if best_state is not None:
-            with torch.no_grad():
-                for param, value in zip(params, best_state, strict=True):
-                    param.copy_(value.to(param.device))
-        if lora is not None:
-            lora.merge()  # a plain transformers model again, measured and saved as such
-    finally:
-        if lora is not None:  # when training failed: back to the weights before healing (no-op once merged)
-            lora.discard()
-        for p in model.parameters():
-            p.requires_grad_(flags.get(id(p), True))
-            p.grad = None
-        model.train(was_training)
+    offload = ExitStack()  # offloaded weights that train are brought into memory, and back into the store after
+    with offload:
+        lora, offloaded = None, 0
+        if options.get("lora") and offloaded_hooks(model, [model]):  # a device_map resolved after the checks
+            raise ValueError(LORA_OFFLOADED)
+        if options.get("lora"):  # one forward of one row under the adapters first: a layout peft cannot wrap fails
+            lora = LoraHealing(model, options, probe=model_inputs(model, teacher.rows[:1].to(device)))
+        try:
+            if lora is None:
+                offloaded = offload.enter_context(
+                    offloaded_training(model, trainable_modules(model, options["train"]))
+                )
+            params = lora.parameters if lora else trainable_parameters(model, options["train"])
+            if not params:
+                raise ValueError(f"healing: the model has no parameters to train under train={options['train']}.")
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for p in params:
+                p.requires_grad_(True)
+            optimizer = MasterAdamW(params, options["lr"], options["weight_decay"])
+            before = held_out_kl()
+            history: list[dict[str, Any]] = []
+            best = (before or {}).get("kl")
+            # keep_best: the weights to end on, from the start (healing that never improves the held-out KL is undone)
+            best_state = [p.detach().to("cpu", copy=True) for p in params] if options["keep_best"] and before else None
+            since, stopped, losses = 0, "steps", []
+            order = torch.randperm(len(teacher.rows), generator=generator)
+            position = 0
+            disabled = not progress or not is_progress_bar_enabled()
+            model.eval()
+            bar = tqdm(range(options["steps"]), desc="healing", unit="step", disable=disabled)
+            for step in bar:
+                if position + size > len(order):
+                    order, position = torch.randperm(len(teacher.rows), generator=generator), 0
+                pick = order[position : position + size]
+                position += size
+                batch = teacher.select_rows(pick)
+                scale = min(1.0, (step + 1) / options["warmup"]) if options["warmup"] else 1.0
+                optimizer.set_lr(options["lr"] * scale)
+                with torch.enable_grad(), lora.dropout() if lora else nullcontext(), parametrize.cached():
+                    output = model(**model_inputs(model, batch.rows.to(device)), use_cache=False)
+                    logits = output.logits[:, : batch.rows.shape[1] - batch.shift]
+                    loss = distillation_loss(batch, logits)
+                    loss.backward()
+                optimizer.step(options["max_grad_norm"])
+                losses.append(float(loss.detach()))
+                bar.set_postfix(kl=f"{losses[-1]:.4f}", refresh=False)
+                last = step + 1 == options["steps"]
+                if before is not None and ((step + 1) % options["eval_every"] == 0 or last):
+                    quality = held_out_kl()
+                    recent = losses[-options["eval_every"] :]
+                    history.append(
+                        {"step": step + 1, "train_kl": sum(recent) / len(recent), "held_out_kl": quality["kl"]}
+                    )
+                    if callback is not None:
+                        callback(step + 1, model)
+                    if quality["kl"] is not None and (best is None or quality["kl"] < best):
+                        best, since = quality["kl"], 0
+                        if options["keep_best"]:
+                            best_state = [p.detach().to("cpu", copy=True) for p in params]
+                    else:
+                        since += 1
+                        if options["patience"] and since >= options["patience"] and not last:
+                            stopped = "early stopping (held-out KL did not improve)"
+                            break
+            if best_state is not None:
+                with torch.no_grad():
+                    for param, value in zip(params, best_state, strict=True):
+                        param.copy_(value.to(param.device))
+            if lora is not None:
+                lora.merge()  # a plain transformers model again, measured and saved as such
+        finally:
+            if lora is not None:  # when training failed: back to the weights before healing (no-op once merged)
+                lora.discard()
+            for p in model.parameters():
+                p.requires_grad_(flags.get(id(p), True))
+                p.grad = None
+            model.train(was_training)
     steps_run = len(losses)
     after = held_out_kl()
     record: dict[str, Any] = {
@@ -173,6 +185,7 @@ def heal(
         "train_rows": len(teacher.rows),
         "trained_parameters": sum(p.numel() for p in params),
         **({"lora": lora.record(options)} if lora else {}),
+        **({"offloaded_tensors": offloaded} if offloaded else {}),
         "train_kl_first": losses[0] if losses else None,
         "train_kl_last": sum(losses[-options["eval_every"] :]) / len(losses[-options["eval_every"] :])
         if losses

@@ -7,16 +7,16 @@ import torch
 from hf_moe_prune.adapters import find_blocks
 
 
-def trainable_parameters(model: torch.nn.Module, train: list[str]) -> list[torch.nn.Parameter]:
-    """The parameters `train` names (`hf_moe_prune.healing_options.TRAINABLE`), each once, in module order.
+def trainable_modules(model: torch.nn.Module, train: list[str]) -> list[torch.nn.Module]:
+    """The modules whose parameters `train` names (`hf_moe_prune.healing_options.TRAINABLE`), each once, in module
+    order; `[model]` for `all`.
 
-    `experts`: the routed experts that remain; `routers`: the routers' own parameters (a score-correction buffer is
-    not trained: it balances load, it was never learned by gradient); `shared`: the family's shared experts; `all`:
-    every parameter of the model.
+    `experts`: the routed experts that remain; `routers`: the routers; `shared`: the family's shared experts; `all`:
+    the whole model.
     """
     if "all" in train:
-        return [p for p in model.parameters() if p.is_floating_point()]
-    chosen: dict[int, torch.nn.Parameter] = {}
+        return [model]
+    chosen: dict[int, torch.nn.Module] = {}
     for block in find_blocks(model):
         modules = []
         if "experts" in train:
@@ -30,9 +30,18 @@ def trainable_parameters(model: torch.nn.Module, train: list[str]) -> list[torch
                 except AttributeError:
                     continue
         for module in modules:
-            for param in module.parameters():
-                if param.is_floating_point():
-                    chosen.setdefault(id(param), param)
+            chosen.setdefault(id(module), module)
+    return list(chosen.values())
+
+
+def trainable_parameters(model: torch.nn.Module, train: list[str]) -> list[torch.nn.Parameter]:
+    """The floating-point parameters of `trainable_modules(model, train)`, each once, in module order (a router's
+    score-correction buffer is not trained: it balances load, it was never learned by gradient)."""
+    chosen: dict[int, torch.nn.Parameter] = {}
+    for module in trainable_modules(model, train):
+        for param in module.parameters():
+            if param.is_floating_point():
+                chosen.setdefault(id(param), param)
     return list(chosen.values())
 
 

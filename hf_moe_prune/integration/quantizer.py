@@ -40,7 +40,7 @@ class MoEPruneHfQuantizer(HfQuantizer):
             if config.is_pruned_checkpoint:
                 _shrink_skeleton(model, config.experts_per_layer, config.expert_widths)
         else:
-            self._job = prepare(model, config)
+            self._job = prepare(model, config, device_map=kwargs.get("device_map"))
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):

@@ -15,6 +15,8 @@ from hf_moe_prune.calibration.artifact import CalibrationStatistics
 from hf_moe_prune.calibration.distributed import is_distributed
 from hf_moe_prune.compensation import check_compensation
 from hf_moe_prune.config import MoEPruneConfig
+from hf_moe_prune.healing.offload import LORA_OFFLOADED, check_store, offloaded_hooks, will_offload
+from hf_moe_prune.healing.params import trainable_modules
 from hf_moe_prune.methods import METHODS, ScoringMethod
 from hf_moe_prune.pipeline import statistics as saved
 from hf_moe_prune.pipeline.measure import hold_out
@@ -70,10 +72,11 @@ def tokenizer_at(path: str):
     return None
 
 
-def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = None) -> PruneJob:
+def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = None, device_map: Any = None) -> PruneJob:
     """Validate everything that can fail before calibration and tokenize the calibration data.
 
-    Works on a meta-device skeleton too (shapes are all it reads), so the quantizer runs it before weights load.
+    Works on a meta-device skeleton too (shapes are all it reads), so the quantizer runs it before weights load; it
+    passes `from_pretrained`'s `device_map`, which says what accelerate will offload before its hooks exist.
     """
     blocks = find_blocks(model, get_adapter(model))
     if any(isinstance(b.experts, WidthGroupedExperts) for b in blocks):
@@ -108,7 +111,7 @@ def prepare(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any = Non
             "that context (torch.no_grad() is fine), or use a forward-statistics method (reap, ean, frequency, ...)."
         )
     if config.healing:
-        _check_healing(model, config)
+        _check_healing(model, config, device_map)
     requires = method.requires
     if config.unit == "neuron":
         requires = requires | {
@@ -149,7 +152,7 @@ def calibration_job(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: A
     return PruneJob(config, blocks, METHODS.get(config.method), rows, eval_rows, skipped)
 
 
-def _check_healing(model: torch.nn.Module, config: MoEPruneConfig) -> None:
+def _check_healing(model: torch.nn.Module, config: MoEPruneConfig, device_map: Any = None) -> None:
     """Healing trains the pruned model in place: refuse what it cannot do, before calibration."""
     if torch.is_inference_mode_enabled():
         raise ValueError(
@@ -165,12 +168,10 @@ def _check_healing(model: torch.nn.Module, config: MoEPruneConfig) -> None:
         from hf_moe_prune.healing.lora import check_lora
 
         check_lora(model, config.healing)  # targets and dropout, from the module structure alone
-    placements = set((getattr(model, "hf_device_map", None) or {}).values())
-    if placements & {"cpu", "disk"} and len(placements) > 1:
-        raise ValueError(
-            "healing trains weights in place, but this model is offloaded by accelerate (device_map places some of it "
-            f"on {sorted(str(p) for p in placements)}): load it on one device, or prune without healing."
-        )
+    if offloaded_hooks(model, [model]) or will_offload(device_map):
+        if config.healing.get("lora"):
+            raise ValueError(LORA_OFFLOADED)
+        check_store(model, trainable_modules(model, config.healing["train"]))
 
 
 def _rows(model: torch.nn.Module, config: MoEPruneConfig, tokenizer: Any) -> torch.Tensor:
