@@ -1,5 +1,6 @@
 """Healing after every registered method, allocation and compensation, and after neuron pruning: it trains, is
-measured on the held-out rows (the plan's quality is the healed model's), and the healed checkpoint reloads exactly through `from_pretrained`."""
+measured on the held-out rows (the plan's quality is the healed model's), and the healed checkpoint reloads exactly
+through `from_pretrained`."""
 
 import pytest
 import torch
