@@ -196,6 +196,12 @@ def _add_prune(sub) -> None:
         help="after pruning, distil the pruned model toward the unpruned one on the calibration rows for up to STEPS "
         "steps (early stopping on the held-out rows); 0: off (default)",
     )
+    pruning.add_argument(
+        "--healing-options",
+        metavar="JSON",
+        help='the other healing options, e.g. {"lr": 0.001, "train": ["experts"], "lora": {"r": 16}} (see '
+        "MoEPruneConfig's healing)",
+    )
     evaluation = prune.add_argument_group("evaluation")
     evaluation.add_argument(
         "--eval-fraction",

@@ -267,6 +267,26 @@ def test_prune_with_healing_from_the_command_line(tmp_path):
     result = ok(*args)
     assert "healed: 3 steps" in result.stdout
     assert json.loads((healed / "moe_pruning_plan.json").read_text())["healing"]["steps"] == 3
+    options = '{"lr": 0.001, "train": ["experts"], "eval_every": 2}'
+    args = [*args[:-1], tmp_path / "options", "--healing-options", options]
+    ok(*args)
+    record = json.loads((tmp_path / "options" / "moe_pruning_plan.json").read_text())["healing"]
+    assert record["options"]["lr"] == 0.001 and record["options"]["train"] == ["experts"] and record["steps"] == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [("[1]", "must be a JSON object"), ("{lr", "not valid JSON"), ('{"step": 3}', "did you mean 'steps'")],
+)
+def test_bad_healing_options_fail_before_loading(tmp_path, options, words):
+    args = ["prune", "--method", "reap", *SMALL, "--healing", "3", "--healing-options", options]
+    result = run_cli(*args, "--output", tmp_path / "out")
+    assert result.returncode != 0 and words.lower() in result.stderr.lower() and not (tmp_path / "out").exists()
+
+
+def test_healing_options_need_a_number_of_steps(tmp_path):
+    result = run_cli("prune", "--method", "reap", *SMALL, "--healing-options", '{"lr": 1}', "--output", tmp_path / "o")
+    assert result.returncode != 0 and "--healing STEPS" in result.stderr and not (tmp_path / "o").exists()
 
 
 def test_prune_tenp_from_the_command_line(tmp_path):

@@ -62,6 +62,16 @@ def _statistics(args: argparse.Namespace) -> dict[str, Any]:
     return {"statistics": statistics, "statistics_weights": weights}
 
 
+def _json_object(flag: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{flag} is not valid JSON ({error}).") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object, got {text!r}.")
+    return value
+
+
 def prune_config(args: argparse.Namespace):
     """The `MoEPruneConfig` of `hf-moe-prune prune`.
 
@@ -69,17 +79,18 @@ def prune_config(args: argparse.Namespace):
         args (`argparse.Namespace`): The parsed `prune` arguments.
 
     Raises:
-        `ValueError`: an unknown method or compensation, a bad budget or `--method-kwargs`, or no calibration data.
+        `ValueError`: an unknown method or compensation, a bad budget, `--method-kwargs` or `--healing-options`, or
+            no calibration data.
     """
     from hf_moe_prune import METHODS, MoEPruneConfig
 
     method = METHODS.get(args.method)
-    try:
-        method_kwargs = json.loads(args.method_kwargs)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--method-kwargs is not valid JSON ({error}).") from None
-    if not isinstance(method_kwargs, dict):
-        raise ValueError(f"--method-kwargs must be a JSON object, got {args.method_kwargs!r}.")
+    method_kwargs = _json_object("--method-kwargs", args.method_kwargs)
+    healing = _json_object("--healing-options", getattr(args, "healing_options", None) or "{}")
+    if getattr(args, "healing", 0):
+        healing["steps"] = args.healing
+    if healing and not healing.get("steps"):
+        raise ValueError("--healing-options sets how healing runs; give its number of steps with --healing STEPS.")
     allocation = _allocation(args.allocation)
     budget = {}
     if args.ratio is not None:
@@ -106,7 +117,7 @@ def prune_config(args: argparse.Namespace):
         unit=args.unit,
         streaming=args.streaming,
         eval_fraction=args.eval_fraction,
-        healing=getattr(args, "healing", 0) or None,
+        healing=healing or None,
         **_statistics(args),
         **budget,
     )
