@@ -153,7 +153,8 @@ def main() -> None:
     common = ["--steps", *map(str, args.steps), "--num-samples", str(args.num_samples), "--seq-len", str(args.seq_len)]
     common += ["--eval-rows", str(args.eval_rows), "--options", args.options]
     lines = [
-        "| fixture | ratio | plan (`auto`) (training + held-out rows) | steps | test ppl | gap closed | test KL | top-1 | held-out KL | "
+        "| fixture | ratio | plan (`auto`) (training + held-out rows) | steps | test ppl | gap closed | test KL | "
+        "top-1 | held-out KL | "
         "heal time / calibration pass | peak RSS GB (no healing → healing) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -168,7 +169,8 @@ def main() -> None:
             base = run["points"][0]["ppl"]
             memory = f"{runs['0']['peak_rss_gb']:.2f} → {run['peak_rss_gb']:.2f}"
             lines.append(
-                f"| {fixture} | {ratio} | {run['chosen']} ({run['rows'][0]}+{run['rows'][1]} rows) | 0 (full model {run['full_ppl']:.2f}) | {base:.2f} | — | "
+                f"| {fixture} | {ratio} | {run['chosen']} ({run['rows'][0]}+{run['rows'][1]} rows) | "
+                f"0 (full model {run['full_ppl']:.2f}) | {base:.2f} | — | "
                 f"{run['points'][0]['kl']:.4f} | {run['points'][0]['top1']:.3f} | {run['points'][0]['held_kl']:.4f} | "
                 f"— | {memory} |"
             )
