@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from hf_moe_prune.reshape.offload import offload_hooks, offload_store
+
 LORA_OFFLOADED = (
     "healing with `lora` wraps the trained modules in peft adapters, which accelerate's offloading hooks cannot "
     "follow (device_map offloads part of this model to the CPU or disk): heal the weights (drop `lora`; offloaded "
@@ -60,11 +62,6 @@ def _needs_copy(device: torch.device) -> bool:
     return device.type != "cpu"
 
 
-def _offload_hooks(module: nn.Module) -> list:
-    hook = getattr(module, "_hf_hook", None)
-    return [h for h in getattr(hook, "hooks", None) or [hook] if getattr(h, "offload", False)]
-
-
 def _managed(module: nn.Module, hook) -> list[tuple[str, torch.Tensor]]:
     from accelerate.utils import named_module_tensors
 
@@ -80,7 +77,7 @@ def offloaded_hooks(model: nn.Module, roots: list[nn.Module]) -> list[tuple[nn.M
     wanted = {id(m) for root in roots for m in root.modules()}
     found = []
     for module in model.modules():
-        for hook in _offload_hooks(module):
+        for hook in offload_hooks(module):
             managed = module.modules() if hook.place_submodules else [module]
             if any(id(m) in wanted for m in managed):
                 found.append((module, hook))
@@ -95,21 +92,12 @@ def check_store(model: nn.Module, roots: list[nn.Module]) -> None:
             plain dicts have one).
     """
     for module, hook in offloaded_hooks(model, roots):
-        if _store(hook) is None:
+        if offload_store(hook) is None:
             name = next((n for n, m in model.named_modules() if m is module), "a module")
             raise ValueError(
                 f"healing trains {name or 'the model'}, which accelerate offloads to a store hf_moe_prune cannot "
                 "update; offload it with from_pretrained(device_map=..., offload_folder=...) or load it on one device."
             )
-
-
-def _store(hook) -> tuple[dict, str] | None:
-    """The in-memory dict the hook's weights map reads first, and the prefix of the hook's keys in it."""
-    weights_map = hook.weights_map
-    prefix = getattr(weights_map, "prefix", "")
-    dataset = getattr(weights_map, "dataset", weights_map)
-    state = getattr(dataset, "state_dict", dataset)
-    return (state, prefix) if isinstance(state, dict) else None
 
 
 def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -126,7 +114,7 @@ def offloaded_training(model: nn.Module, roots: list[nn.Module]) -> Iterator[int
     records = []
     try:
         for module, hook in offloaded_hooks(model, roots):
-            store = _store(hook)
+            store = offload_store(hook)
             if store is None:  # check_store refused it before calibration; a model changed since is refused here
                 raise ValueError("healing: an offloaded module's store cannot be updated (see check_store).")
             state, prefix = store
@@ -149,7 +137,7 @@ def offloaded_training(model: nn.Module, roots: list[nn.Module]) -> Iterator[int
         yield sum(len(brought) for _, brought in records)
     finally:
         for hook, brought in records:
-            state, _ = _store(hook)
+            state, _ = offload_store(hook)
             for owner, attr, key, requires_grad in brought:
                 if parametrize.is_parametrized(owner, attr):
                     parametrize.remove_parametrizations(owner, attr, leave_parametrized=False)

@@ -14,14 +14,28 @@ import torch
 from torch import nn
 
 
+def offload_hooks(module: nn.Module) -> list:
+    """The accelerate hooks on `module` that offload (inside a `SequentialHook` too)."""
+    hook = getattr(module, "_hf_hook", None)
+    return [h for h in getattr(hook, "hooks", None) or [hook] if getattr(h, "offload", False)]
+
+
+def offload_store(hook) -> tuple[dict, str] | None:
+    """The in-memory dict `hook`'s weights map reads before its files, and the prefix of the hook's keys in it; None
+    for a store that cannot take tensors."""
+    weights_map = hook.weights_map
+    dataset = getattr(weights_map, "dataset", weights_map)
+    state = getattr(dataset, "state_dict", dataset)
+    return (state, getattr(weights_map, "prefix", "")) if isinstance(state, dict) else None
+
+
 def _offload_hook(model: nn.Module, name: str):
     """The accelerate hook holding tensor `name` of `model` in its weights map, and the tensor's key there."""
     parts = name.split(".")
     for i in range(len(parts) - 1, -1, -1):
         prefix = ".".join(parts[:i])
-        hook = getattr(model.get_submodule(prefix) if prefix else model, "_hf_hook", None)
-        for candidate in getattr(hook, "hooks", None) or [hook]:
-            if getattr(candidate, "offload", False) and getattr(candidate, "weights_map", None) is not None:
+        for candidate in offload_hooks(model.get_submodule(prefix) if prefix else model):
+            if getattr(candidate, "weights_map", None) is not None:
                 return candidate, ".".join(parts[i:])
     return None, None
 
@@ -51,14 +65,14 @@ def onloaded(model: nn.Module, module: nn.Module, allow_new_tensors: bool = Fals
             hook, key = _offload_hook(model, full)
             if hook is None:
                 continue
-            store = getattr(hook.weights_map, "dataset", None)
-            if not isinstance(getattr(store, "state_dict", None), dict):
+            store = offload_store(hook)
+            if store is None:
                 raise ValueError(
                     f"{full} is offloaded to a store hf_moe_prune cannot update; offload to the CPU instead or prune "
                     "with streaming=True."
                 )
             _set(owner, name, hook.weights_map[key].to("cpu"))
-            records.append((owner, name, store, hook.weights_map.prefix + key))
+            records.append((owner, name, store[0], store[1] + key))
     yield bool(records)
     for owner, name, store, key in records:
         tensor = getattr(owner, name, None)
@@ -66,5 +80,5 @@ def onloaded(model: nn.Module, module: nn.Module, allow_new_tensors: bool = Fals
             if allow_new_tensors:
                 continue
             raise ValueError(f"{key} disappeared while pruning an offloaded block; this layout cannot be offloaded.")
-        store.state_dict[key] = tensor.detach()  # the store is consulted before the files
+        store[key] = tensor.detach()  # the store is consulted before the files
         _set(owner, name, torch.empty_like(tensor, device="meta"))
